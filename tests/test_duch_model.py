@@ -1,0 +1,126 @@
+"""DUCH's custom train_step, callbacks and checkpoint/resume on small synthetic features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import clustered_features
+
+from tfduch.config import Config
+from tfduch.eval import map_at_k
+from tfduch.training.callbacks import StepDecay
+from tfduch.training.data import make_dataset
+from tfduch.training.trainer import build_model, train
+
+
+def small_config(tmp_path, epochs: int = 3, **loss) -> Config:
+    cfg = Config(output_dir=str(tmp_path))
+    cfg.model.bits = 16
+    cfg.model.hidden_dim = 64
+    cfg.train.epochs = epochs
+    cfg.train.batch_size = 64
+    cfg.train.lr = 1e-3
+    cfg.train.tensorboard = False
+    cfg.train.verbose = "0"
+    for k, v in loss.items():
+        setattr(cfg.loss, k, v)
+    return cfg
+
+
+def test_dataset_batches_are_aligned_and_views_differ() -> None:
+    feats, _ = clustered_features(n=50, captions=3)
+    batch = next(iter(make_dataset(feats, batch_size=16, seed=0)))
+    idx = batch["index"].numpy()
+    np.testing.assert_allclose(batch["image"].numpy(), feats.image[idx])
+    np.testing.assert_allclose(batch["text"].numpy(), feats.text[idx])
+    # the second text view is another caption of the same image, never the protocol caption itself
+    other = batch["text_aug"].numpy()
+    for row, i in zip(other, idx, strict=True):
+        matches = [np.allclose(row, feats.captions[i, c]) for c in range(3)]
+        assert any(matches) and not matches[feats.caption_choice[i]]
+
+
+def test_train_step_updates_everything(tmp_path) -> None:
+    feats, _ = clustered_features(n=128)
+    cfg = small_config(tmp_path, checkpoint=None) if False else small_config(tmp_path)
+    cfg.train.checkpoint = False
+    model = build_model(cfg, feats)
+    disc_before = [v.numpy().copy() for v in model.discriminator.trainable_variables]
+    head_before = model.image_head.trainable_variables[0].numpy().copy()
+    targets_before = model.code_targets.targets.numpy().copy()
+    model, summary = train(cfg, feats, tmp_path, model=model)
+    assert all(np.isfinite(v).all() for v in summary["history"].values())
+    assert set(summary["history"]) >= {"loss", "ntxent", "adversarial", "quantization", "bit_balance",
+                                       "discriminator"}
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(disc_before, model.discriminator.trainable_variables,
+                                                               strict=True))
+    assert not np.allclose(head_before, model.image_head.trainable_variables[0].numpy())
+    targets = model.code_targets.targets.numpy()
+    assert set(np.unique(targets)) <= {-1.0, 1.0} and not np.array_equal(targets, targets_before)
+
+
+def test_training_learns_cross_modal_codes(tmp_path) -> None:
+    feats, labels = clustered_features(n=240, classes=6, noise=1.0)
+    cfg = small_config(tmp_path, epochs=15)
+    cfg.train.checkpoint = False
+    model = build_model(cfg, feats)
+    img0, txt0 = model.encode(feats.image, "image"), model.encode(feats.text, "text")
+    before = map_at_k(img0, txt0, labels, labels, 20)
+    model, _ = train(cfg, feats, tmp_path, model=model)
+    img, txt = model.encode(feats.image, "image"), model.encode(feats.text, "text")
+    i2t, t2i = map_at_k(img, txt, labels, labels, 20), map_at_k(txt, img, labels, labels, 20)
+    assert img.dtype == np.int8 and set(np.unique(img)) <= {-1, 1}
+    assert i2t > max(0.8, before + 0.2) and t2i > 0.8, (before, i2t, t2i)
+
+
+@pytest.mark.parametrize("switch", [{"text_aug": "same"}, {"adversarial_branch": "text"},
+                                    {"bit_balance": "per_code"}])
+def test_reference_switches_train(tmp_path, switch) -> None:
+    feats, _ = clustered_features(n=64)
+    cfg = small_config(tmp_path, epochs=1, **switch)
+    cfg.train.checkpoint = False
+    _, summary = train(cfg, feats, tmp_path)
+    assert np.isfinite(summary["history"]["loss"]).all()
+
+
+def test_text_aug_same_ignores_the_second_caption(tmp_path) -> None:
+    feats, _ = clustered_features(n=64)
+    cfg = small_config(tmp_path, epochs=1, text_aug="same")
+    model = build_model(cfg, feats)
+    batch = next(iter(make_dataset(feats, 64)))
+    codes_same = {k: model.text_head(batch["text"], training=False) for k in ("text", "text_aug")}
+    codes_same.update({k: model.image_head(batch[k], training=False) for k in ("image", "image_aug")})
+    # with text_aug="same" the intra-text term compares a caption with itself
+    losses = model.hashing_losses(codes_same, batch["index"])
+    assert np.isfinite(float(losses["loss"]))
+
+
+def test_step_decay_matches_reference_schedule() -> None:
+    sched = StepDecay(1e-4, every=50, factor=0.8)
+    assert sched.lr_at(0) == pytest.approx(1e-4)
+    assert sched.lr_at(1) == pytest.approx(8e-5) and sched.lr_at(50) == pytest.approx(8e-5)
+    assert sched.lr_at(51) == pytest.approx(6.4e-5) and sched.lr_at(99) == pytest.approx(6.4e-5)
+
+
+def test_interrupted_training_resumes(tmp_path) -> None:
+    feats, _ = clustered_features(n=96)
+    cfg = small_config(tmp_path, epochs=2)
+    model, _ = train(cfg, feats, tmp_path)
+    saved = [v.numpy().copy() for v in model.weights]
+    cfg.train.epochs = 4
+    fresh = build_model(cfg, feats)
+    resumed, summary = train(cfg, feats, tmp_path, model=fresh)
+    assert summary["initial_epoch"] == 2
+    assert len(summary["history"]["loss"]) == 2  # only epochs 3 and 4 ran
+    # the optimizer state came back too: Adam's iteration counter continues
+    assert int(resumed.optimizer.iterations.numpy()) == 4 * 2
+    # restoring (before training further) reproduced the saved weights
+    check = build_model(cfg, feats)
+    from tfduch.training.callbacks import ResumableCheckpoint
+
+    ckpt = ResumableCheckpoint(tmp_path / "checkpoints", check)
+    ckpt.checkpoint.restore(str(tmp_path / "checkpoints" / "ckpt-2"))
+    for a, b in zip(saved, check.weights, strict=True):
+        np.testing.assert_allclose(a, b.numpy())
+    assert tf.reduce_all(tf.abs(check.code_targets.targets) == 1.0)

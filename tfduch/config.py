@@ -1,0 +1,243 @@
+"""Typed experiment configuration.
+
+A run is fully described by one :class:`Config`: it is loaded from a YAML file in ``configs/`` and
+can be overridden from the command line with ``--set section.field=value``. The resolved config is
+saved next to every run so results can be traced back to the exact settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tfduch.errors import ConfigError
+
+DATA_ENV = "TFDUCH_DATA"
+CACHE_ENV = "TFDUCH_CACHE"
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset is and how the DUCH protocol splits it."""
+
+    root: str | None = None  # Karpathy JSON + images folder; falls back to $TFDUCH_DATA
+    split_seed: int = 42
+    train_fraction: float = 0.5
+    query_fraction: float = 0.2
+    split_file: str | None = None  # default: <output_dir>/split.json
+
+
+@dataclass
+class FeatureConfig:
+    """Frozen encoders and the views that are encoded once and cached."""
+
+    image_encoder: str = "lite0"  # efficientnet-lite0 | lite2
+    text_encoder: str = "minilm-l6"
+    image_view: str = "none"  # preset for the clean image view (see tfduch.augment.image)
+    image_aug_view: str = "duch"  # preset for the augmented image view
+    image_aug_views: int = 1  # how many augmented image views to cache (one is drawn per epoch)
+    # Second text view for the intra-text contrastive term: "other_caption" draws a different caption
+    # of the same image each epoch; any tfduch.augment.text spec ("eda", "synonym", ...) augments the
+    # chosen caption offline.
+    text_aug_view: str = "other_caption"
+    aug_seed: int = 0
+    cache_dir: str | None = None  # default: $TFDUCH_CACHE or ~/.cache/tfduch
+    batch_size: int = 32
+
+
+@dataclass
+class ModelConfig:
+    """Hashing model architecture."""
+
+    method: str = "duch"
+    bits: int = 64
+    hidden_dim: int = 4096
+
+
+@dataclass
+class LossConfig:
+    """DUCH objective: NT-Xent (inter + intra) + alpha*adversarial + beta*quantization + gamma*bit balance."""
+
+    temperature: float = 1.0
+    contrastive_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # inter, intra-image, intra-text
+    alpha: float = 0.01
+    beta: float = 0.001
+    gamma: float = 0.01
+    gradient_penalty: float = 10.0
+    # Switches that reproduce the reference code's behaviour (defaults follow the paper):
+    text_aug: str = "augmented"  # "augmented" | "same" (reference: txt2 = txt1)
+    adversarial_branch: str = "image"  # "image" | "text" (reference: generator term on text codes)
+    bit_balance: str = "per_bit"  # "per_bit" | "per_code" (reference: sum over bits of each code)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule (reference defaults)."""
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 5e-4  # coupled L2, as torch.optim.Adam(weight_decay=...)
+    lr_decay_every: int = 50
+    lr_decay_factor: float = 0.8
+    min_lr: float = 1e-6
+    disc_lr: float = 1e-4
+    disc_beta_1: float = 0.5
+    disc_beta_2: float = 0.9
+    disc_weight_decay: float = 1e-4
+    seed: int = 0
+    eval_every: int = 0  # evaluate on query/database every N epochs (0: only at the end)
+    checkpoint: bool = True
+    tensorboard: bool = True
+    verbose: str = "auto"  # keras fit verbosity: auto | 0 | 1 | 2
+
+
+@dataclass
+class EvalConfig:
+    k: int = 20
+    ks: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/duch"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        from tfduch.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def validate(self) -> Config:
+        """Reject settings that would fail late (mid-training) with a message naming the field."""
+        checks = [
+            (self.model.bits > 0 and self.model.bits % 8 == 0, "model.bits must be a positive multiple of 8"),
+            (self.model.hidden_dim > 0, "model.hidden_dim must be positive"),
+            (self.loss.temperature > 0, "loss.temperature must be positive"),
+            (self.loss.text_aug in ("augmented", "same"), "loss.text_aug must be 'augmented' or 'same'"),
+            (self.loss.adversarial_branch in ("image", "text"), "loss.adversarial_branch must be image|text"),
+            (self.loss.bit_balance in ("per_bit", "per_code"), "loss.bit_balance must be per_bit|per_code"),
+            (len(self.loss.contrastive_weights) == 3, "loss.contrastive_weights needs 3 values"),
+            (self.train.epochs > 0, "train.epochs must be positive"),
+            (self.train.batch_size > 1, "train.batch_size must be > 1 (contrastive loss needs negatives)"),
+            (self.train.lr > 0, "train.lr must be positive"),
+            (0 < self.data.train_fraction < 1, "data.train_fraction must be in (0, 1)"),
+            (0 < self.data.query_fraction < 1, "data.query_fraction must be in (0, 1)"),
+            (self.features.image_aug_views >= 1, "features.image_aug_views must be >= 1"),
+            (self.eval.k > 0, "eval.k must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def data_root(self) -> Path:
+        root = self.data.root or os.environ.get(DATA_ENV)
+        if not root:
+            raise ConfigError(
+                f"no dataset given: pass --data DIR (or set data.root, or the {DATA_ENV} environment variable) "
+                "pointing at a folder with a Karpathy-format captions JSON and its images"
+            )
+        return Path(root).expanduser()
+
+    def cache_root(self) -> Path:
+        return default_cache_dir(self.features.cache_dir)
+
+
+def default_cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Cache for converted weights and features: explicit > $TFDUCH_CACHE > ~/.cache/tfduch."""
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "tfduch")).expanduser()
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _coerce(section: Any, name: str, raw: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the type of the dataclass field it sets."""
+    current = getattr(section, name)
+    try:
+        if isinstance(current, bool):
+            if isinstance(raw, str):
+                if raw.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            return bool(raw)
+        if isinstance(current, int) and not isinstance(raw, bool):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, tuple):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            kind = type(current[0]) if current else float
+            return tuple(kind(x) for x in items)
+        if current is None or isinstance(current, str):
+            return None if raw is None or (current is None and raw in ("", "none", "null")) else str(raw)
+        return raw
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot use {raw!r} for a field of type {type(current).__name__}") from exc
+
+
+def _apply(cfg: Config, dotted: str, raw: Any, where: str) -> None:
+    parts = dotted.split(".")
+    target: Any = cfg
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            raise ConfigError(f"{where}: unknown config section {part!r} in {dotted!r}")
+        target = getattr(target, part)
+    name = parts[-1]
+    if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
+        known = ", ".join(f.name for f in dataclasses.fields(target)) if dataclasses.is_dataclass(target) else ""
+        raise ConfigError(f"{where}: unknown config field {dotted!r} (known here: {known})")
+    if dataclasses.is_dataclass(getattr(target, name)):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: {dotted!r} is a section, expected a mapping")
+        for key, value in raw.items():
+            _apply(cfg, f"{dotted}.{key}", value, where)
+        return
+    setattr(target, name, _coerce(target, name, raw, where))
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the built-in defaults) and apply ``key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        for key, value in raw.items():
+            _apply(cfg, key, value, str(p))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, value = item.split("=", 1)
+        _apply(cfg, key.strip(), yaml.safe_load(value) if value.strip() else value, f"--set {item}")
+    return cfg.validate()

@@ -1,0 +1,143 @@
+"""DUCH: Deep Unsupervised Contrastive Hashing (Mikriukov, Ravanbakhsh, Demir 2022).
+
+One training step updates two networks, as in a GAN:
+1. the code discriminator learns to tell text codes (real) from image codes (fake), with a gradient penalty;
+2. the hashing heads minimise
+   NT-Xent(inter + intra) + α·adversarial + β·quantization + γ·bit balance.
+
+Batches are dicts of frozen features: ``index`` (position in the training set), ``image`` (clean view),
+``image_aug``, ``text`` (the protocol caption) and ``text_aug`` (a second text view).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfduch.config import LossConfig
+from tfduch.losses import (
+    bit_balance_loss,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    nt_xent,
+    quantization_loss,
+)
+from tfduch.models.base import CrossModalHasher
+from tfduch.models.heads import build_discriminator
+from tfduch.models.targets import CodeTargets
+
+LOSS_NAMES = ("loss", "ntxent", "adversarial", "quantization", "bit_balance", "discriminator")
+
+
+class DUCH(CrossModalHasher):
+    """Hashing heads + code discriminator + binary targets, trained with a custom ``train_step``."""
+
+    def __init__(self, image_dim: int, text_dim: int, bits: int, num_train: int, hidden_dim: int = 4096,
+                 loss: dict[str, Any] | LossConfig | None = None, seed: int = 0, **kwargs: Any):
+        super().__init__(image_dim, text_dim, bits, hidden_dim, **kwargs)
+        self.loss_config = loss if isinstance(loss, LossConfig) else LossConfig(**(loss or {}))
+        self.num_train = int(num_train)
+        self.seed = int(seed)
+        self.discriminator = build_discriminator(self.bits)
+        self.code_targets = CodeTargets(self.num_train, self.bits, seed=seed, name="code_targets")
+        self._noise = keras.random.SeedGenerator(seed + 1)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        self.weight_decay = 0.0
+        self.discriminator_weight_decay = 0.0
+        self.discriminator_optimizer: keras.optimizers.Optimizer | None = None
+
+    def compile(self, optimizer: keras.optimizers.Optimizer, discriminator_optimizer: keras.optimizers.Optimizer,
+                weight_decay: float = 0.0, discriminator_weight_decay: float = 0.0, **kwargs: Any) -> None:
+        """Two optimizers; weight decay is coupled L2 (added to the gradients), as in the reference."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.discriminator_optimizer = discriminator_optimizer
+        self.weight_decay = float(weight_decay)
+        self.discriminator_weight_decay = float(discriminator_weight_decay)
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.trackers.values())
+
+    @property
+    def hashing_variables(self) -> list[keras.Variable]:
+        return self.image_head.trainable_variables + self.text_head.trainable_variables
+
+    # --- the two updates -------------------------------------------------------------------------
+
+    def discriminator_step(self, image_codes: list[tf.Tensor], text_codes: list[tf.Tensor]) -> tf.Tensor:
+        """One discriminator update on (text view i = real, image view i = fake) pairs of detached codes."""
+        cfg = self.loss_config
+        d_vars = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            total = 0.0
+            for fake, real in zip(image_codes, text_codes, strict=True):
+                fake, real = tf.stop_gradient(fake), tf.stop_gradient(real)
+                d_real = self.discriminator(real, training=True)
+                d_fake = self.discriminator(fake, training=True)
+                eps = keras.random.uniform(tf.shape(real), seed=self._noise)
+                total += discriminator_loss(d_real, d_fake)
+                total += cfg.gradient_penalty * gradient_penalty(self.discriminator, real, fake, eps)
+        grads = tape.gradient(total, d_vars)
+        grads = _with_l2(grads, d_vars, self.discriminator_weight_decay)
+        self.discriminator_optimizer.apply(grads, d_vars)
+        return total
+
+    def hashing_losses(self, codes: dict[str, tf.Tensor], index: tf.Tensor,
+                       pair_weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """Every term of the hashing objective, unweighted, plus the weighted total under ``loss``."""
+        cfg = self.loss_config
+        w_inter, w_img, w_txt = cfg.contrastive_weights
+        h_i1, h_i2, h_t1, h_t2 = codes["image"], codes["image_aug"], codes["text"], codes["text_aug"]
+        ntxent = (
+            w_inter * nt_xent(h_i1, h_t1, cfg.temperature, pair_weights)
+            + w_img * nt_xent(h_i1, h_i2, cfg.temperature)
+            + w_txt * nt_xent(h_t1, h_t2, cfg.temperature)
+        )
+        fooling = [h_i1, h_i2] if cfg.adversarial_branch == "image" else [h_t1, h_t2]
+        adversarial = generator_loss([self.discriminator(h, training=True) for h in fooling])
+        quantization = quantization_loss(self.code_targets.lookup(index), [h_i1, h_i2, h_t1, h_t2])
+        balance = bit_balance_loss([h_i1, h_i2, h_t1, h_t2], cfg.bit_balance)
+        total = ntxent + cfg.alpha * adversarial + cfg.beta * quantization + cfg.gamma * balance
+        return {"loss": total, "ntxent": ntxent, "adversarial": adversarial, "quantization": quantization,
+                "bit_balance": balance}
+
+    def pair_weights(self, batch: dict[str, tf.Tensor]) -> tf.Tensor | None:
+        """Per-pair weights of the inter-modal term; DUCH trusts every pair. CHNR overrides this."""
+        return None
+
+    def train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        text_aug = batch["text"] if self.loss_config.text_aug == "same" else batch["text_aug"]
+        with tf.GradientTape() as tape:
+            codes = {
+                "image": self.image_head(batch["image"], training=True),
+                "image_aug": self.image_head(batch["image_aug"], training=True),
+                "text": self.text_head(batch["text"], training=True),
+                "text_aug": self.text_head(text_aug, training=True),
+            }
+            with tape.stop_recording():
+                d_loss = self.discriminator_step([codes["image"], codes["image_aug"]],
+                                                 [codes["text"], codes["text_aug"]])
+            losses = self.hashing_losses(codes, batch["index"], self.pair_weights(batch))
+        variables = self.hashing_variables
+        grads = _with_l2(tape.gradient(losses["loss"], variables), variables, self.weight_decay)
+        self.optimizer.apply(grads, variables)
+        self.code_targets.record(batch["index"], codes)
+        losses["discriminator"] = d_loss
+        for name, value in losses.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def get_config(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {**super().get_config(), "num_train": self.num_train, "seed": self.seed,
+                "loss": dataclasses.asdict(self.loss_config)}
+
+
+def _with_l2(grads: list[tf.Tensor], variables: list[keras.Variable], decay: float) -> list[tf.Tensor]:
+    if not decay:
+        return grads
+    return [g + decay * tf.convert_to_tensor(v) for g, v in zip(grads, variables, strict=True)]

@@ -1,0 +1,100 @@
+"""Build a hashing model from a config and train it with ``keras.Model.fit``.
+
+This is the one trainer of the project: a method plugs in by registering a model class in
+:data:`METHODS`; its ``train_step`` holds whatever makes the method different.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfduch.config import Config
+from tfduch.models.base import CrossModalHasher
+from tfduch.models.duch import DUCH
+from tfduch.training.callbacks import CodeTargetUpdate, PeriodicEvaluation, ResumableCheckpoint, StepDecay
+from tfduch.training.data import TrainingFeatures, make_dataset
+
+ModelFactory = Callable[[Config, TrainingFeatures], CrossModalHasher]
+
+
+def _build_duch(cfg: Config, features: TrainingFeatures) -> CrossModalHasher:
+    return DUCH(image_dim=features.image.shape[1], text_dim=features.captions.shape[-1], bits=cfg.model.bits,
+                num_train=len(features), hidden_dim=cfg.model.hidden_dim, loss=cfg.loss, seed=cfg.train.seed)
+
+
+METHODS: dict[str, ModelFactory] = {"duch": _build_duch}
+
+
+def register_method(name: str, factory: ModelFactory) -> None:
+    """Make a new method trainable by name (``model.method`` in a config)."""
+    METHODS[name] = factory
+
+
+def build_model(cfg: Config, features: TrainingFeatures) -> CrossModalHasher:
+    """Instantiate, build and compile the configured method with the reference optimizers."""
+    factory = METHODS.get(cfg.model.method)
+    if factory is None:
+        raise ValueError(f"unknown method {cfg.model.method!r}; known: {', '.join(sorted(METHODS))}")
+    keras.utils.set_random_seed(cfg.train.seed)
+    model = factory(cfg, features)
+    t = cfg.train
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=t.lr),
+        discriminator_optimizer=keras.optimizers.Adam(learning_rate=t.disc_lr, beta_1=t.disc_beta_1,
+                                                      beta_2=t.disc_beta_2),
+        weight_decay=t.weight_decay,
+        discriminator_weight_decay=t.disc_weight_decay,
+    )
+    # Build every variable now so checkpoints restore into existing variables.
+    model({"image": tf.zeros((2, model.image_dim)), "text": tf.zeros((2, model.text_dim))})
+    model.discriminator(tf.zeros((2, model.bits)))
+    model.optimizer.build(model.hashing_variables)
+    if getattr(model, "discriminator_optimizer", None) is not None:
+        model.discriminator_optimizer.build(model.discriminator.trainable_variables)
+    return model
+
+
+def train(cfg: Config, features: TrainingFeatures, output_dir: str | Path,
+          evaluate: Callable[[], dict[str, float]] | None = None,
+          extra_callbacks: list[keras.callbacks.Callback] | None = None,
+          model: CrossModalHasher | None = None) -> tuple[CrossModalHasher, dict[str, Any]]:
+    """Train (or resume training of) a model; returns it and a summary with the loss history and time."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model or build_model(cfg, features)
+    dataset = make_dataset(features, cfg.train.batch_size, seed=cfg.train.seed)
+    callbacks: list[keras.callbacks.Callback] = [
+        CodeTargetUpdate(),
+        StepDecay(cfg.train.lr, cfg.train.lr_decay_every, cfg.train.lr_decay_factor, cfg.train.min_lr),
+    ]
+    initial_epoch = 0
+    if cfg.train.checkpoint:
+        ckpt = ResumableCheckpoint(out / "checkpoints", model)
+        initial_epoch = ckpt.restore()
+        callbacks.append(ckpt)
+        if initial_epoch:
+            print(f"Resuming from {ckpt.manager.latest_checkpoint} (epoch {initial_epoch}/{cfg.train.epochs})")
+    if evaluate is not None and cfg.train.eval_every > 0:
+        callbacks.append(PeriodicEvaluation(cfg.train.eval_every, evaluate))
+    if cfg.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), write_graph=False))
+    callbacks.extend(extra_callbacks or [])
+    verbose: Any = cfg.train.verbose
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    start = time.perf_counter()
+    history: dict[str, list[float]] = {}
+    if initial_epoch < cfg.train.epochs:
+        result = model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                           verbose=int(verbose))
+        history = {k: [float(x) for x in v] for k, v in result.history.items()}
+    elapsed = time.perf_counter() - start
+    return model, {"history": history, "train_seconds": elapsed, "initial_epoch": initial_epoch,
+                   "epochs": cfg.train.epochs}
