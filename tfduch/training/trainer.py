@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,25 @@ from tfduch.models.duch import DUCH
 from tfduch.training.callbacks import CodeTargetUpdate, PeriodicEvaluation, ResumableCheckpoint, StepDecay
 from tfduch.training.data import TrainingFeatures, make_dataset
 
-ModelFactory = Callable[[Config, TrainingFeatures], CrossModalHasher]
+ModelFactory = Callable[[Config, "ModelShape"], CrossModalHasher]
 
 
-def _build_duch(cfg: Config, features: TrainingFeatures) -> CrossModalHasher:
-    return DUCH(image_dim=features.image.shape[1], text_dim=features.captions.shape[-1], bits=cfg.model.bits,
-                num_train=len(features), hidden_dim=cfg.model.hidden_dim, loss=cfg.loss, seed=cfg.train.seed)
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model needs to know about its data to be built: feature sizes and training-set size."""
+
+    image_dim: int
+    text_dim: int
+    num_train: int
+
+    @classmethod
+    def of(cls, features: TrainingFeatures) -> ModelShape:
+        return cls(int(features.image.shape[1]), int(features.captions.shape[-1]), len(features))
+
+
+def _build_duch(cfg: Config, shape: ModelShape) -> CrossModalHasher:
+    return DUCH(image_dim=shape.image_dim, text_dim=shape.text_dim, bits=cfg.model.bits, num_train=shape.num_train,
+                hidden_dim=cfg.model.hidden_dim, loss=cfg.loss, seed=cfg.train.seed)
 
 
 METHODS: dict[str, ModelFactory] = {"duch": _build_duch}
@@ -37,13 +51,13 @@ def register_method(name: str, factory: ModelFactory) -> None:
     METHODS[name] = factory
 
 
-def build_model(cfg: Config, features: TrainingFeatures) -> CrossModalHasher:
+def build_model(cfg: Config, data: TrainingFeatures | ModelShape) -> CrossModalHasher:
     """Instantiate, build and compile the configured method with the reference optimizers."""
     factory = METHODS.get(cfg.model.method)
     if factory is None:
         raise ValueError(f"unknown method {cfg.model.method!r}; known: {', '.join(sorted(METHODS))}")
     keras.utils.set_random_seed(cfg.train.seed)
-    model = factory(cfg, features)
+    model = factory(cfg, data if isinstance(data, ModelShape) else ModelShape.of(data))
     t = cfg.train
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=t.lr),

@@ -1,0 +1,188 @@
+"""``tfduch`` command line: encode features, train, evaluate, or run the whole DUCH protocol.
+
+Every command reads the same config (built-in defaults = ``configs/duch.yaml``) and accepts
+``--set section.field=value`` overrides, so a command line fully describes a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from tfduch.config import DATA_ENV, Config, load_config
+from tfduch.errors import TfduchError
+
+# Further commands live beside the code they drive; each module defines ``register(subparsers)``
+# adding its parser with ``set_defaults(func=...)``.
+COMMAND_MODULES: list[str] = []
+
+EPILOG = f"""\
+examples:
+  tfduch run --data ../shared/data/ucm_captions            # encode, train DUCH (64 bits), evaluate, print mAP
+  tfduch run --data DIR --bits 16 --epochs 50 --output runs/duch16
+  tfduch train --config configs/duch_reference.yaml --data DIR   # the reference code's behaviour
+  tfduch evaluate --run runs/duch                          # re-evaluate a trained run
+  tfduch features --data DIR                               # only encode (and cache) features
+
+The dataset folder holds a Karpathy-format captions JSON (captions.json or dataset_*.json) and an
+images/ folder; it can also be given with the {DATA_ENV} environment variable. Features and converted
+encoder weights are cached under $TFDUCH_CACHE (default ~/.cache/tfduch).
+"""
+
+
+def _common(p: argparse.ArgumentParser, with_output: bool = True) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (default: built-in DUCH defaults, see configs/)")
+    p.add_argument("--data", help=f"dataset folder (default: data.root or ${DATA_ENV})")
+    if with_output:
+        p.add_argument("--output", help="run folder for split, checkpoints, logs and reports (default: runs/duch)")
+    p.add_argument("--bits", type=int, help="code length K (16, 32, 64, 128, ...)")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--seed", type=int, help="training seed")
+    p.add_argument("--split-seed", type=int, help="protocol split seed (default 42)")
+    p.add_argument("--cache-dir", help="feature / weights cache folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set loss.temperature=0.5 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfduch",
+        description="Unsupervised deep cross-modal hashing (DUCH) for remote-sensing image-text retrieval.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="whole protocol: features → train → evaluate → mAP table",
+                       description="Encode the dataset (cached), train the configured method on the protocol "
+                       "split, evaluate mAP@K in all four directions and print the table beside the "
+                       "classical baselines (CCA+ITQ, ridge+PCA+ITQ) computed on the same features.")
+    _common(p)
+    p.add_argument("--no-baselines", action="store_true", help="skip the classical baseline rows")
+    p.set_defaults(func=lambda a: cmd_train(a, baselines=not a.no_baselines))
+
+    p = sub.add_parser("features", help="encode and cache image/caption features",
+                       description="Encode every image (clean + augmented views) and every caption with the "
+                       "frozen encoders and store them in the feature cache. Later runs reuse them.")
+    _common(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train a hashing model on cached features (resumes if interrupted)",
+                       description="Train on the protocol split; checkpoints every epoch into OUTPUT/checkpoints "
+                       "and resumes from the last one when re-run with the same --output.")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run (mAP@K, P@K, PR curves)",
+                       description="Re-encode the query/database items with a trained run's model and write "
+                       "metrics.json, metrics.md and plots into the run folder.")
+    p.add_argument("--run", required=True, type=Path, help="run folder written by train/run")
+    p.add_argument("--data", help="dataset folder (default: the one recorded in the run's config)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = list(getattr(args, "overrides", []) or [])
+    mapping = {"data": "data.root", "output": "output_dir", "bits": "model.bits", "epochs": "train.epochs",
+               "seed": "train.seed", "split_seed": "data.split_seed", "cache_dir": "features.cache_dir"}
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def _print_table(rows: list[dict], k: int) -> None:
+    from tfduch.eval import markdown_table
+
+    columns = ["method"] + [f"{d} mAP@{k}" for d in ("i2t", "t2i", "i2i", "t2t")] + \
+              [f"{d} AP@{k} std" for d in ("i2t", "t2i")]
+    print(markdown_table(rows, columns, floatfmt=".4f"))
+
+
+def _row(name: str, summary: dict[str, float], k: int) -> dict:
+    row: dict = {"method": name}
+    for d in ("i2t", "t2i", "i2i", "t2t"):
+        row[f"{d} mAP@{k}"] = summary.get(f"{d}/map@{k}")
+    for d in ("i2t", "t2i"):
+        row[f"{d} AP@{k} std"] = summary.get(f"{d}/map@{k}_std")
+    return row
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from tfduch.pipeline import prepare
+
+    cfg = config_from_args(args)
+    prep = prepare(cfg, progress=not args.quiet)
+    fs = prep.features
+    print(f"dataset {prep.dataset.name}: {len(prep.dataset)} images, {prep.dataset.num_classes} classes")
+    print(f"image features {fs.image.shape} + augmented {fs.image_aug.shape} [{fs.encoder_ids['image']}]")
+    print(f"caption features {fs.captions.shape} [{fs.encoder_ids['text']}]")
+    print(f"split: {len(prep.split.train)} train / {len(prep.split.query)} query / {len(prep.split.database)} "
+          f"database (seed {prep.split.seed})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, baselines: bool = False) -> int:
+    from tfduch.pipeline import prepare, retrieval_features, train_and_evaluate, training_features
+
+    cfg = config_from_args(args)
+    if args.quiet:
+        cfg.train.verbose = "2"
+    prep = prepare(cfg, progress=not args.quiet)
+    print(f"Training {cfg.model.method.upper()} ({cfg.model.bits} bits, {cfg.train.epochs} epochs) on "
+          f"{len(prep.split.train)} {prep.dataset.name} pairs → {cfg.output_dir}")
+    _, report, summary = train_and_evaluate(cfg, prep)
+    print(f"\ntrained in {summary['train_seconds']:.1f} s; reports in {cfg.output_dir}/metrics.md\n")
+    rows = [_row(f"{cfg.model.method.upper()}-{cfg.model.bits}", report.summary(), cfg.eval.k)]
+    if baselines:
+        from tfduch.baselines import CCAITQ, RidgePCAITQ
+        from tfduch.eval import evaluate_retrieval
+
+        tf_ = training_features(prep)
+        q_img, q_txt, q_lab = retrieval_features(prep, "query")
+        d_img, d_txt, d_lab = retrieval_features(prep, "database")
+        for name, cls in (("CCA+ITQ", CCAITQ), ("Ridge+PCA+ITQ", RidgePCAITQ)):
+            base = cls(cfg.model.bits).fit(tf_.image, tf_.text)
+            rep = evaluate_retrieval(base.encode_image(q_img), base.encode_text(q_txt), base.encode_image(d_img),
+                                     base.encode_text(d_txt), q_lab, d_lab, k=cfg.eval.k, ks=cfg.eval.ks)
+            rows.append(_row(f"{name}-{cfg.model.bits}", rep.summary(), cfg.eval.k))
+    _print_table(rows, cfg.eval.k)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tfduch.eval import write_report
+    from tfduch.pipeline import encode_retrieval_sets, evaluate_codes, load_trained, prepare
+
+    cfg, model, meta = load_trained(args.run)
+    if args.data:
+        cfg.data.root = args.data
+    prep = prepare(cfg, progress=not args.quiet)
+    if meta.get("dataset_fingerprint") != prep.dataset.fingerprint():
+        print("warning: the dataset changed since this model was trained", file=sys.stderr)
+    report = evaluate_codes(encode_retrieval_sets(model, prep), cfg)
+    title = f"{cfg.model.method.upper()} {cfg.model.bits} bits on {prep.dataset.name}"
+    write_report(report, args.run, title=title, plots=cfg.eval.plots)
+    _print_table([_row(f"{cfg.model.method.upper()}-{cfg.model.bits}", report.summary(), cfg.eval.k)], cfg.eval.k)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TfduchError as exc:
+        print(f"tfduch: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The DUCH protocol end to end: dataset → split → cached features → training → codes → evaluation.
+
+Each stage is a small function so the CLI, the benchmarks and the tests compose the same pieces.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfduch.config import Config
+from tfduch.data.karpathy import CaptionDataset, load_dataset
+from tfduch.data.split import ProtocolSplit, load_or_make_split
+from tfduch.eval import RetrievalReport, evaluate_retrieval, write_report
+from tfduch.features.build import FeatureSet, build_features
+from tfduch.io import atomic_path, atomic_write_json
+from tfduch.models.base import CrossModalHasher
+from tfduch.training.data import TrainingFeatures
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before training: the dataset, its split and its features."""
+
+    dataset: CaptionDataset
+    split: ProtocolSplit
+    features: FeatureSet
+
+
+def split_path(cfg: Config) -> Path:
+    if cfg.data.split_file:
+        return Path(cfg.data.split_file)
+    return Path(cfg.output_dir) / f"split-seed{cfg.data.split_seed}.json"
+
+
+def prepare(cfg: Config, progress: bool = True) -> Prepared:
+    """Load the dataset, draw (or reuse) the protocol split and get every feature from the cache."""
+    dataset = load_dataset(cfg.data_root())
+    split = load_or_make_split(dataset, split_path(cfg), seed=cfg.data.split_seed,
+                               train_fraction=cfg.data.train_fraction, query_fraction=cfg.data.query_fraction)
+    return Prepared(dataset, split, build_features(cfg, dataset, progress=progress))
+
+
+def training_features(prepared: Prepared) -> TrainingFeatures:
+    """The training rows of the feature set, with the protocol caption of each item."""
+    fs, idx = prepared.features, prepared.split.train
+    text_aug = None
+    if fs.captions_aug is not None:
+        text_aug = fs.captions_aug[idx, prepared.split.caption_choice[idx]]
+    return TrainingFeatures(
+        image=fs.image[idx],
+        image_aug=fs.image_aug[:, idx],
+        captions=fs.captions[idx],
+        caption_counts=fs.caption_counts[idx],
+        caption_choice=prepared.split.caption_choice[idx],
+        text_aug=text_aug,
+    )
+
+
+def retrieval_features(prepared: Prepared, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image features, protocol-caption features, labels) of the query or database images."""
+    idx = {"query": prepared.split.query, "database": prepared.split.database}[part]
+    fs = prepared.features
+    text = fs.captions[idx, prepared.split.caption_choice[idx]]
+    return fs.image[idx], text, prepared.dataset.labels[idx]
+
+
+def encode_retrieval_sets(model: CrossModalHasher, prepared: Prepared) -> dict[str, np.ndarray]:
+    """Binary codes of the query and database images and captions."""
+    out: dict[str, np.ndarray] = {}
+    for part in ("query", "database"):
+        img, txt, labels = retrieval_features(prepared, part)
+        out[f"{part}_image"] = model.encode(img, "image")
+        out[f"{part}_text"] = model.encode(txt, "text")
+        out[f"{part}_labels"] = labels
+    return out
+
+
+def evaluate_codes(codes: dict[str, np.ndarray], cfg: Config) -> RetrievalReport:
+    return evaluate_retrieval(codes["query_image"], codes["query_text"], codes["database_image"],
+                              codes["database_text"], codes["query_labels"], codes["database_labels"],
+                              k=cfg.eval.k, ks=cfg.eval.ks)
+
+
+def save_model(model: CrossModalHasher, cfg: Config, prepared: Prepared, out_dir: Path,
+               summary: dict[str, Any]) -> Path:
+    """Weights + the metadata a later ``evaluate`` / ``export`` needs, written atomically."""
+    path = out_dir / "model.weights.h5"
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    atomic_write_json(out_dir / "model.json", {
+        "method": cfg.model.method,
+        "bits": model.bits,
+        "image_dim": model.image_dim,
+        "text_dim": model.text_dim,
+        "num_train": len(prepared.split.train),
+        "encoders": prepared.features.encoder_ids,
+        "dataset": prepared.dataset.name,
+        "dataset_fingerprint": prepared.dataset.fingerprint(),
+        "split_digest": prepared.split.digest(),
+        "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "train_seconds": summary.get("train_seconds"),
+    })
+    return path
+
+
+def load_trained(run_dir: str | Path) -> tuple[Config, CrossModalHasher, dict[str, Any]]:
+    """A finished run's resolved config, its model with trained weights, and its ``model.json`` metadata."""
+    import json
+
+    from tfduch.config import load_config
+    from tfduch.errors import TfduchError
+    from tfduch.training.trainer import ModelShape, build_model
+
+    run = Path(run_dir)
+    missing = [n for n in ("config.yaml", "model.json", "model.weights.h5") if not (run / n).is_file()]
+    if missing:
+        raise TfduchError(f"{run} is not a finished run folder: missing {', '.join(missing)}")
+    cfg = load_config(run / "config.yaml", [f"output_dir={run}"])
+    meta = json.loads((run / "model.json").read_text())
+    model = build_model(cfg, ModelShape(meta["image_dim"], meta["text_dim"], meta["num_train"]))
+    model.load_weights(run / "model.weights.h5")
+    return cfg, model, meta
+
+
+def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | None = None,
+                       plots: bool | None = None) -> tuple[CrossModalHasher, RetrievalReport, dict[str, Any]]:
+    """Train the configured method on the split's training items and evaluate on query/database."""
+    from tfduch.training.trainer import train
+
+    out = Path(out_dir or cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    holder: dict[str, CrossModalHasher] = {}
+
+    def periodic() -> dict[str, float]:
+        return evaluate_codes(encode_retrieval_sets(holder["model"], prepared), cfg).summary()
+
+    from tfduch.training.trainer import build_model
+
+    features = training_features(prepared)
+    holder["model"] = build_model(cfg, features)
+    model, summary = train(cfg, features, out, evaluate=periodic, model=holder["model"])
+    save_model(model, cfg, prepared, out, summary)
+    codes = encode_retrieval_sets(model, prepared)
+    report = evaluate_codes(codes, cfg)
+    write_report(report, out, title=f"{cfg.model.method.upper()} {cfg.model.bits} bits on {prepared.dataset.name}",
+                 plots=cfg.eval.plots if plots is None else plots)
+    atomic_write_json(out / "summary.json", {**summary, "metrics": report.summary()})
+    return model, report, summary
