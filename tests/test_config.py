@@ -1,0 +1,65 @@
+"""Config loading: YAML files, command-line overrides and the errors users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from tfduch.config import Config, load_config
+from tfduch.errors import ConfigError
+
+
+def test_shipped_default_config_equals_builtin_defaults() -> None:
+    assert load_config(REPO / "configs" / "duch.yaml").to_dict() == Config().to_dict()
+
+
+def test_reference_config_switches_the_three_reference_behaviours() -> None:
+    cfg = load_config(REPO / "configs" / "duch_reference.yaml")
+    assert (cfg.loss.text_aug, cfg.loss.adversarial_branch, cfg.loss.bit_balance) == ("same", "text", "per_code")
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config(None, ["model.bits=32", "loss.temperature=0.5", "train.tensorboard=false",
+                             "loss.contrastive_weights=1,0.5,0.5", "data.root=/x"])
+    assert cfg.model.bits == 32 and cfg.loss.temperature == 0.5 and cfg.train.tensorboard is False
+    assert cfg.loss.contrastive_weights == (1.0, 0.5, 0.5) and cfg.data.root == "/x"
+
+
+def test_saved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, ["model.bits=128", "train.epochs=7"])
+    cfg.save(tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.bitz=3", "unknown config field 'model.bitz'"),
+    ("modle.bits=3", "unknown config section 'modle'"),
+    ("model.bits=abc", "cannot use 'abc'"),
+    ("model.bits=12", "multiple of 8"),
+    ("loss.bit_balance=sideways", "per_bit|per_code"),
+    ("train.batch_size=1", "negatives"),
+    ("bits", "section.field=value"),
+])
+def test_bad_overrides_name_the_problem(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("model: {bits: [}")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_missing_data_root_explains_how_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TFDUCH_DATA", raising=False)
+    with pytest.raises(ConfigError, match="--data"):
+        Config().data_root()
