@@ -1,0 +1,427 @@
+"""Load test of ``tfduch serve``: latency, throughput, errors and memory beside in-process calls.
+
+    python bench/serving_load.py --quick                         # a few hundred requests, for development
+    python bench/serving_load.py                                 # full: >= 10 000 requests
+    python bench/serving_load.py --export /tmp/exports/tfduch    # a real `tfduch export` model folder
+
+Every served number is printed beside the same SavedModel signature called in-process in this run
+(absolute times on a shared 2-core CPU mean little; the ratios are the result). Scenarios: 1 and 16
+concurrent clients × text batch 1, text batch 32, image batch 8; the server runs as a subprocess
+(``python -m tfduch.serving.cli serve``), first with batching off, then with ``--enable_batching``
+(16 concurrent batch-1 text clients). The 1-client served and in-process runs alternate in rounds, so
+a change of machine load hits both alike.
+
+Without ``--export`` the model is a stand-in with the export's compute cost: the real frozen encoders
+(MiniLM-L6 with in-graph tokenization; in-graph image decoding + EfficientNet-Lite0) followed by
+*random* hashing heads; it is built once and cached. The output says which model was used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+STANDIN_VERSION = "standin-v1"
+BITS = 64
+
+# Requests per scenario in full mode (--scale multiplies them; --quick = 0.05).
+COLUMNS = [("scenario", "scenario"), ("requests", "requests"), ("errors", "errors"), ("p50_ms", "p50 ms"),
+           ("p99_ms", "p99 ms"), ("req_s", "req/s"), ("items_s", "items/s")]
+# TF Serving's tuning advice for a closed loop of N clients: max batch = N, one batch in flight (it uses
+# every core through intra-op parallelism), a timeout long enough for the answered clients to come back.
+TUNED_BATCHING = "--num_batch_threads 1 --max_batch_size 16 --batch_timeout_micros 20000"
+# The served counts add up to 10 116 requests.
+FULL = {"1c_text1": 2000, "1c_text32": 300, "1c_image8": 100, "16c_text1": 2000, "16c_text32": 320,
+        "16c_image8": 96, "batch_1c_text1": 300, "batch_16c_text1": 5000, "inproc_16t_text1": 1000}
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+def build_standin(path: Path) -> None:
+    """Real encoders + random heads, with the export's signatures (see module docstring)."""
+    import tensorflow as tf
+
+    from tfduch.encoders.efficientnet_lite import IMAGE_ENCODERS, build_image_encoder
+    from tfduch.encoders.minilm import TEXT_FEATURE_DIM, build_text_encoder
+
+    size = IMAGE_ENCODERS["lite0"].image_size
+
+    def outputs(y: tf.Tensor) -> dict[str, tf.Tensor]:
+        bits = tf.cast(y >= 0, tf.int32)
+        weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
+        packed = tf.reduce_sum(tf.reshape(bits, [-1, BITS // 8, 8]) * weights, axis=-1)
+        return {"codes": tf.cast(bits * 2 - 1, tf.int8), "packed": tf.cast(packed, tf.uint8)}
+
+    class StandIn(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text_encoder = build_text_encoder()
+            self.image_encoder = build_image_encoder("lite0")
+            rng = np.random.default_rng(0)
+            self.w_text = tf.Variable(rng.normal(size=(TEXT_FEATURE_DIM, BITS)).astype(np.float32))
+            self.w_image = tf.Variable(rng.normal(size=(1280, BITS)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def encode_text(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            return outputs(self.text_encoder(text, training=False) @ self.w_text)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def encode_image(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+            def one(data: tf.Tensor) -> tf.Tensor:
+                image = tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32)
+                return tf.clip_by_value(tf.image.resize(image, (size, size), antialias=True), 0.0, 255.0)
+
+            images = tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+            return outputs(self.image_encoder(images, training=False) @ self.w_image)
+
+    module = StandIn()
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    tf.saved_model.save(module, str(tmp / "m"), signatures={
+        "serving_default": module.encode_text, "encode_text": module.encode_text,
+        "encode_image": module.encode_image})
+    os.replace(tmp / "m", path)
+    tmp.rmdir()
+
+
+def model_folder(args: argparse.Namespace) -> tuple[Path, str, str]:
+    """(model folder holding integer versions, model name, description)."""
+    if args.export is not None:
+        path = Path(args.export).resolve()
+        if path.name.isdigit():  # a version folder was given
+            path = path.parent
+        return path, path.name, f"real export {path}"
+    cache = Path(os.environ.get("TFDUCH_CACHE", Path.home() / ".cache" / "tfduch")) / "bench" / STANDIN_VERSION
+    version = cache / "standin" / "1"
+    if not (version / "saved_model.pb").is_file():
+        print(f"building the stand-in SavedModel once into {version} ...", flush=True)
+        version.parent.mkdir(parents=True, exist_ok=True)
+        build_standin(version)
+    return version.parent, "standin", ("stand-in: real MiniLM-L6 + EfficientNet-Lite0 encoders with random "
+                                       f"{BITS}-bit heads ({version.parent}) — same compute as an export")
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------
+def load_inputs(n_images: int = 32) -> tuple[list[str], list[bytes], str]:
+    from tfduch.serving.client import as_decodable_image
+
+    root = Path(os.environ.get("TFDUCH_DATA", REPO.parent / "shared" / "data" / "ucm_captions"))
+    if (root / "captions.json").is_file():
+        from tfduch.data.karpathy import load_dataset
+
+        dataset = load_dataset(root)
+        captions = [c for s in dataset.samples[:400] for c in s.captions[:2]]
+        step = max(1, len(dataset.samples) // n_images)
+        images = [as_decodable_image(s.path.read_bytes()) for s in dataset.samples[::step][:n_images]]
+        return captions, images, f"UC Merced captions and images ({root})"
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    words = "a an the plane planes river road building buildings green field dense sparse parked next to near".split()
+    captions = [" ".join(rng.choice(words, rng.integers(6, 16))) for _ in range(800)]
+    images = []
+    for _ in range(n_images):
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(out, format="JPEG")
+        images.append(out.getvalue())
+    return captions, images, "synthetic captions and random 256x256 JPEGs (UCM not found)"
+
+
+def payloads(captions: list[str], images: list[bytes], kind: str) -> Callable[[int], tuple[str, str, np.ndarray]]:
+    """i -> (signature, input name, batch) cycling through the inputs."""
+    size = {"text1": 1, "text32": 32, "image8": 8}[kind]
+    pool = images if kind.startswith("image") else captions
+    signature, name = ("encode_image", "image_bytes") if kind.startswith("image") else ("encode_text", "text")
+
+    def make(i: int) -> tuple[str, str, np.ndarray]:
+        start = (i * size) % len(pool)
+        items = [pool[(start + j) % len(pool)] for j in range(size)]
+        return signature, name, np.array([x.encode() if isinstance(x, str) else x for x in items], dtype=object)
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------------
+class Result:
+    """Latencies and wall time of one scenario (plus the server's CPU time when measured)."""
+
+    def __init__(self, name: str, items: int) -> None:
+        self.name, self.items = name, items
+        self.latencies: list[float] = []
+        self.wall = self.server_cpu = 0.0
+        self.errors = self.requests = 0
+
+    def add(self, latencies: Sequence[float], wall: float, errors: int, requests: int, server_cpu: float = 0.0
+            ) -> Result:
+        self.latencies += latencies
+        self.wall += wall
+        self.errors += errors
+        self.requests += requests
+        self.server_cpu += server_cpu
+        return self
+
+    def row(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies) * 1e3
+        ok = len(lat)
+        return {"scenario": self.name, "requests": self.requests, "errors": self.errors,
+                "p50_ms": float(np.percentile(lat, 50)) if ok else float("nan"),
+                "p99_ms": float(np.percentile(lat, 99)) if ok else float("nan"),
+                "req_s": ok / self.wall if self.wall else float("nan"),
+                "items_s": ok * self.items / self.wall if self.wall else float("nan"),
+                "req_per_server_cpu_s": ok / self.server_cpu if self.server_cpu else None}
+
+
+def run_concurrent(call: Callable[[int], Any], n: int, threads: int) -> tuple[list[float], float, int, int]:
+    """n calls spread over `threads` threads; (latencies s, wall s, errors, n)."""
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    counter = iter(range(n))
+    lock = threading.Lock()
+
+    def worker(t: int) -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            start = time.perf_counter()
+            try:
+                call(i)
+            except Exception as exc:  # noqa: BLE001 - counted, the run goes on
+                if errors[t] == 0:
+                    print(f"error: {exc}", file=sys.stderr)
+                errors[t] += 1
+                continue
+            latencies[t].append(time.perf_counter() - start)
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    start = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return [x for lat in latencies for x in lat], time.perf_counter() - start, sum(errors), n
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process (robust to other load on the machine, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerProcess:
+    """``python -m tfduch.serving.cli serve`` on a free port, stopped with SIGTERM."""
+
+    def __init__(self, folder: Path, name: str, batching: Sequence[str] | None, workdir: Path) -> None:
+        tag = "batching" if batching is not None else "plain"
+        self.ready = workdir / f"ready-{tag}.json"
+        self.log = open(workdir / f"server-{tag}.log", "w")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "tfduch.serving.cli", "serve", "--model_name", name, "--model_base_path",
+               str(folder), "--host", "127.0.0.1", "--port", "0", "--rest_api_port", "-1",
+               "--ready_file", str(self.ready), "--file_system_poll_wait_seconds", "0", "--log_level", "INFO"]
+        if batching is not None:
+            cmd += ["--enable_batching", *batching]
+        self.command = "tfduch serve " + " ".join(cmd[4:])
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 600
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start; see {self.log.name}")
+            time.sleep(0.2)
+        self.address = f"127.0.0.1:{json.loads(self.ready.read_text())['grpc_port']}"
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def rss(self) -> float:
+        return rss_mib(self.proc.pid)
+
+    def stop(self) -> str:
+        """Stop the server; returns its batching statistics line (if any)."""
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+        lines = [line for line in Path(self.log.name).read_text().splitlines() if "batching:" in line]
+        return lines[-1].split("tfduch.serving: ")[-1] if lines else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", help="model folder <base>/<model_name> (or a version folder) of a real export")
+    parser.add_argument("--quick", action="store_true", help="5%% of the full request counts")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every request count")
+    parser.add_argument("--rounds", type=int, default=10, help="alternations in the interleaved comparisons")
+    parser.add_argument("--batching-flags", default=TUNED_BATCHING,
+                        help=f"flags of the batching server besides --enable_batching (default: '{TUNED_BATCHING}'; "
+                             "'' = tfduch serve's defaults: 2 batch threads on 2 CPUs, 1 ms, max 32)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    scale = 0.05 if args.quick else args.scale
+    counts = {k: max(16, int(v * scale)) for k, v in FULL.items()}
+    rounds = max(1, min(args.rounds, min(counts.values()) // 16))
+
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401 - the text signature's tokenizer ops
+
+    from tfduch.eval import markdown_table
+    from tfduch.serving.client import Client
+
+    folder, name, description = model_folder(args)
+    captions, images, data_desc = load_inputs()
+    version = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    loaded = tf.saved_model.load(str(folder / str(version)))
+    kinds = {"text1": 1, "text32": 32, "image8": 8}
+    make = {k: payloads(captions, images, k) for k in kinds}
+
+    def inproc(kind: str) -> Callable[[int], Any]:
+        def call(i: int) -> Any:
+            signature, input_name, batch = make[kind](i)
+            return {k: v.numpy() for k, v in loaded.signatures[signature](**{input_name: tf.constant(batch)}).items()}
+        return call
+
+    def served(kind: str, clients: list[Client]) -> Callable[[int], Any]:
+        local = threading.local()
+        ids = iter(range(10**9))
+
+        def call(i: int) -> Any:
+            if not hasattr(local, "client"):
+                local.client = clients[next(ids) % len(clients)]
+            signature, input_name, batch = make[kind](i)
+            return local.client.predict({input_name: batch}, signature)
+        return call
+
+    workdir = Path(tempfile.mkdtemp(prefix="tfduch-serving-bench-"))
+    load_start = os.getloadavg()
+    print(f"model: {description}\ninputs: {data_desc}\nlogs: {workdir}\nload average at start: "
+          f"{load_start[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    plain = ServerProcess(folder, name, None, workdir)
+    batching = ServerProcess(folder, name, args.batching_flags.split(), workdir)
+    print(f"servers:\n  {plain.command}\n  {batching.command}", flush=True)
+    clients = {s: [Client(s.address, name, timeout=120, retries=3) for _ in range(16)] for s in (plain, batching)}
+    results: dict[str, Result] = {}
+
+    def result(key: str, items: int) -> Result:
+        return results.setdefault(key, Result(key, items))
+
+    def measured(server: ServerProcess, call: Callable[[int], Any], n: int, threads: int) -> tuple:
+        before = server.cpu()
+        out = run_concurrent(call, n, threads)
+        return (*out, server.cpu() - before)
+
+    def show(*keys: str) -> None:
+        print(markdown_table([results[k].row() for k in keys], COLUMNS, floatfmt=".2f"), flush=True)
+
+    try:
+        for kind in kinds:  # warm-up: first calls build kernels, thread pools and the allocators' peak
+            for i in range(3):
+                inproc(kind)(i)
+            for s in (plain, batching):
+                run_concurrent(served(kind, clients[s]), 16, 16)
+        memory_before = {"batching off": plain.rss(), "batching on": batching.rss()}
+
+        # 1 client vs in-process, alternating so load changes hit both alike
+        for kind, items in kinds.items():
+            per_round = max(1, counts[f"1c_{kind}"] // rounds)
+            ref, srv = f"in-process, 1 thread, {kind}", f"served, 1 client, {kind}"
+            for _ in range(rounds):
+                result(ref, items).add(*run_concurrent(inproc(kind), per_round, 1))
+                result(srv, items).add(*measured(plain, served(kind, clients[plain][:1]), per_round, 1))
+            show(ref, srv)
+        key = "in-process, 16 threads, text1"
+        result(key, 1).add(*run_concurrent(inproc("text1"), counts["inproc_16t_text1"], 16))
+        show(key)
+        for kind in ("text32", "image8"):
+            key = f"served, 16 clients, {kind}, batching off"
+            result(key, kinds[kind]).add(*measured(plain, served(kind, clients[plain]), counts[f"16c_{kind}"], 16))
+            show(key)
+
+        # batching off vs on, 16 concurrent batch-1 clients, alternating
+        off, on = "served, 16 clients, text1, batching off", "served, 16 clients, text1, batching on"
+        for _ in range(rounds):
+            result(off, 1).add(*measured(plain, served("text1", clients[plain]), counts["16c_text1"] // rounds, 16))
+            result(on, 1).add(*measured(batching, served("text1", clients[batching]),
+                                        counts["batch_16c_text1"] // rounds, 16))
+        show(off, on)
+        key = "served, 1 client, text1, batching on"
+        result(key, 1).add(*measured(batching, served("text1", clients[batching][:1]), counts["batch_1c_text1"], 1))
+        show(key)
+        memory = {"batching off": (memory_before["batching off"], plain.rss()),
+                  "batching on": (memory_before["batching on"], batching.rss())}
+    finally:
+        for group in clients.values():
+            for c in group:
+                c.close()
+        plain.stop()
+        batch_stats = batching.stop()
+
+    # ---- report -------------------------------------------------------------------------------------
+    load_end = os.getloadavg()
+    rows = [r.row() for r in results.values()]
+    by = {row["scenario"]: row for row in rows}
+    served_rows = [row for row in rows if row["scenario"].startswith("served")]
+    total_served = sum(row["requests"] for row in served_rows)
+    errors = sum(row["errors"] for row in served_rows)
+    print("\n## Results\n")
+    print(f"model: {description}\ninputs: {data_desc}\nload average: {load_start[0]:.1f} at start, "
+          f"{load_end[0]:.1f} at the end, on {os.cpu_count()} CPUs (other users' jobs)\n")
+    print(markdown_table(rows, COLUMNS + [("req_per_server_cpu_s", "req per server CPU-s")], floatfmt=".2f"))
+    print(f"\nserved requests: {total_served}, errors: {errors}")
+    for label, (before, after) in memory.items():
+        print(f"server RSS ({label}): {before:.0f} MiB after warm-up → {after:.0f} MiB at the end "
+              f"({after - before:+.0f} MiB)")
+    if batch_stats:
+        print(f"batching server: {batch_stats}")
+    print("\n## Against the targets\n")
+    checks = []
+    for kind in kinds:
+        ref, srv = by[f"in-process, 1 thread, {kind}"], by[f"served, 1 client, {kind}"]
+        overhead, ratio = srv["p50_ms"] - ref["p50_ms"], srv["p99_ms"] / ref["p99_ms"]
+        checks.append((f"{kind}, 1 client: serving overhead on p50 {overhead:+.2f} ms (target <= 2 ms); "
+                       f"p99 {ratio:.2f}x in-process (target <= 1.5x)", overhead <= 2.0 and ratio <= 1.5))
+    speedup = by[on]["req_s"] / by[off]["req_s"]
+    cpu_speedup = by[on]["req_per_server_cpu_s"] / by[off]["req_per_server_cpu_s"]
+    checks.append((f"batching, 16 concurrent batch-1 clients: {speedup:.2f}x the req/s of batching off (target >= 3x); "
+                   f"per server CPU-second {cpu_speedup:.2f}x", speedup >= 3.0))
+    checks.append((f"errors: {errors} over {total_served} served requests (target 0 over >= 10 000)",
+                   errors == 0 and total_served >= 10_000))
+    growth = {label: after - before for label, (before, after) in memory.items()}
+    checks.append(("memory flat (RSS growth within 5 % after warm-up): "
+                   + ", ".join(f"{k} {v:+.0f} MiB" for k, v in growth.items()),
+                   all(after <= before * 1.05 for before, after in memory.values())))
+    for text, ok in checks:
+        print(f"- [{'x' if ok else ' '}] {text}")
+    if args.json:
+        args.json.write_text(json.dumps({"model": description, "inputs": data_desc, "rows": rows,
+                                         "memory_mib": memory, "served_requests": total_served, "errors": errors,
+                                         "load_average": [load_start[0], load_end[0]], "batching": batch_stats,
+                                         "checks": [{"check": t, "ok": ok} for t, ok in checks]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
