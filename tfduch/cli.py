@@ -17,7 +17,13 @@ from tfduch.errors import TfduchError
 
 # Further commands live beside the code they drive; each module defines ``register(subparsers)``
 # adding its parser with ``set_defaults(func=...)``.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "tfduch.serving.cli",
+    "tfduch.reproduce_cli",
+    "tfduch.index.cli",
+    "tfduch.web.cli",
+    "tfduch.export.cli",
+]
 
 EPILOG = f"""\
 examples:

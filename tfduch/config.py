@@ -57,6 +57,9 @@ class ModelConfig:
     method: str = "duch"
     bits: int = 64
     hidden_dim: int = 4096
+    # Method-specific hyper-parameters (free-form here; each method validates its own keys, see
+    # tfduch.methods). Set one with --set model.params.KEY=VALUE.
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +108,40 @@ class EvalConfig:
 
 
 @dataclass
+class CHNRConfig:
+    """CHNR (Mikriukov, Ravanbakhsh, Demir, ICIP 2022): a noise detector learnt on the clean subset weights pairs."""
+
+    # Phase 2 weight of each pair's inter-modal term from the detector's clean-probability w:
+    # "w" | "w3" (w cubed; best in the reference runs) | "threshold" (1[w > midpoint of real/fake scores]) | "none"
+    weighting: str = "w3"
+    switch_epoch: int = 75  # phase 1 (detector + hashing on the clean subset) runs for epochs [0, switch_epoch)
+    # "reference": inter-modal NT-Xent + beta*quantization (the CHNR paper); "duch": DUCH's full objective.
+    # Either way the pair weights scale the inter-modal term and each item's quantization term.
+    objective: str = "reference"
+    detector_hidden_dim: int = 1280  # the reference's width; 0: image_dim + text_dim
+    detector_layers: int = 3
+    detector_dropout: float = 0.2
+    detector_normalize: bool = True  # each modality at unit RMS per feature (see tfduch.models.noise_detector)
+    detector_lr: float = 1e-4  # AdamW, as the reference
+    detector_beta_1: float = 0.5
+    detector_beta_2: float = 0.9
+    detector_weight_decay: float = 1e-3
+    gradient_penalty: float = 10.0
+
+
+@dataclass
+class NoiseConfig:
+    """Noisy captions: injected noise for experiments, the trusted (clean) subset, and CHNR's settings."""
+
+    p: float = 0.0  # probability that a training pair's captions are replaced by those of another class
+    protected_fraction: float = 0.2  # share of the training set that is never corrupted
+    seed: int = 0
+    file: str | None = None  # default: <output_dir>/noise-p<p>-seed<seed>.json (the corrupted indices)
+    clean_fraction: float = 0.3  # trusted subset (reference: 0.3 for UCM, 0.2 for RSICD)
+    chnr: CHNRConfig = field(default_factory=CHNRConfig)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -112,6 +149,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
     output_dir: str = "runs/duch"
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +177,14 @@ class Config:
             (0 < self.data.query_fraction < 1, "data.query_fraction must be in (0, 1)"),
             (self.features.image_aug_views >= 1, "features.image_aug_views must be >= 1"),
             (self.eval.k > 0, "eval.k must be positive"),
+            (0 <= self.noise.p < 1, "noise.p must be in [0, 1)"),
+            (0 <= self.noise.protected_fraction < 1, "noise.protected_fraction must be in [0, 1)"),
+            (0 < self.noise.clean_fraction < 1, "noise.clean_fraction must be in (0, 1)"),
+            (self.noise.chnr.weighting in ("w", "w3", "threshold", "none"),
+             "noise.chnr.weighting must be w|w3|threshold|none"),
+            (self.noise.chnr.objective in ("reference", "duch"), "noise.chnr.objective must be reference|duch"),
+            (0 <= self.noise.chnr.switch_epoch, "noise.chnr.switch_epoch must be >= 0"),
+            (0 <= self.noise.chnr.detector_dropout < 1, "noise.chnr.detector_dropout must be in [0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -203,11 +249,17 @@ def _coerce(section: Any, name: str, raw: Any, where: str) -> Any:
 def _apply(cfg: Config, dotted: str, raw: Any, where: str) -> None:
     parts = dotted.split(".")
     target: Any = cfg
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(target, dict):  # a free-form mapping field (model.params): set the key as given
+            _set_nested(target, parts[i:], raw)
+            return
         if not dataclasses.is_dataclass(target) or not hasattr(target, part):
             raise ConfigError(f"{where}: unknown config section {part!r} in {dotted!r}")
         target = getattr(target, part)
     name = parts[-1]
+    if isinstance(target, dict):
+        target[name] = raw
+        return
     if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
         known = ", ".join(f.name for f in dataclasses.fields(target)) if dataclasses.is_dataclass(target) else ""
         raise ConfigError(f"{where}: unknown config field {dotted!r} (known here: {known})")
@@ -218,6 +270,12 @@ def _apply(cfg: Config, dotted: str, raw: Any, where: str) -> None:
             _apply(cfg, f"{dotted}.{key}", value, where)
         return
     setattr(target, name, _coerce(target, name, raw, where))
+
+
+def _set_nested(mapping: dict[str, Any], keys: list[str], raw: Any) -> None:
+    for key in keys[:-1]:
+        mapping = mapping.setdefault(key, {})
+    mapping[keys[-1]] = raw
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:

@@ -14,12 +14,17 @@ import numpy as np
 
 from tfduch.config import Config
 from tfduch.data.karpathy import CaptionDataset, load_dataset
+from tfduch.data.noise import CaptionNoise, load_or_make_caption_noise
 from tfduch.data.split import ProtocolSplit, load_or_make_split
 from tfduch.eval import RetrievalReport, evaluate_retrieval, write_report
 from tfduch.features.build import FeatureSet, build_features
 from tfduch.io import atomic_path, atomic_write_json
 from tfduch.models.base import CrossModalHasher
+from tfduch.models.chnr import build_chnr
 from tfduch.training.data import TrainingFeatures
+from tfduch.training.trainer import register_method
+
+register_method("chnr", build_chnr)
 
 
 @dataclass
@@ -45,20 +50,51 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     return Prepared(dataset, split, build_features(cfg, dataset, progress=progress))
 
 
-def training_features(prepared: Prepared) -> TrainingFeatures:
-    """The training rows of the feature set, with the protocol caption of each item."""
+def training_features(prepared: Prepared, noise: CaptionNoise | None = None) -> TrainingFeatures:
+    """The training rows of the feature set, with the protocol caption of each item.
+
+    With ``noise``, each corrupted item carries its donor's captions, and the clean subset (with its class
+    ids, -1 elsewhere) is attached for methods that learn from trusted pairs (CHNR).
+    """
     fs, idx = prepared.features, prepared.split.train
     text_aug = None
     if fs.captions_aug is not None:
         text_aug = fs.captions_aug[idx, prepared.split.caption_choice[idx]]
+    captions, counts, choice = fs.captions[idx], fs.caption_counts[idx], prepared.split.caption_choice[idx]
+    clean_mask = labels = None
+    if noise is not None:
+        captions, counts, choice = noise.take(captions), noise.take(counts), noise.take(choice)
+        text_aug = None if text_aug is None else noise.take(text_aug)
+        if noise.clean is not None:
+            clean_mask = noise.clean
+            labels = np.where(noise.clean, prepared.dataset.labels[idx], -1)
     return TrainingFeatures(
         image=fs.image[idx],
         image_aug=fs.image_aug[:, idx],
-        captions=fs.captions[idx],
-        caption_counts=fs.caption_counts[idx],
-        caption_choice=prepared.split.caption_choice[idx],
+        captions=captions,
+        caption_counts=counts,
+        caption_choice=choice,
         text_aug=text_aug,
+        clean_mask=clean_mask,
+        labels=labels,
     )
+
+
+def noise_path(cfg: Config) -> Path:
+    if cfg.noise.file:
+        return Path(cfg.noise.file)
+    return Path(cfg.output_dir) / f"noise-p{cfg.noise.p:g}-seed{cfg.noise.seed}.json"
+
+
+def caption_noise(cfg: Config, prepared: Prepared) -> CaptionNoise | None:
+    """The configured caption noise and clean subset (reused from / saved to ``noise_path``), or None if neither
+    is needed (``noise.p`` = 0 and a method that does not learn from a clean subset)."""
+    if cfg.noise.p <= 0 and cfg.model.method != "chnr":
+        return None
+    n = cfg.noise
+    return load_or_make_caption_noise(noise_path(cfg), prepared.dataset.labels[prepared.split.train],
+                                      prepared.split.train, prepared.split.digest(), n.p, n.seed,
+                                      n.protected_fraction, n.clean_fraction)
 
 
 def retrieval_features(prepared: Prepared, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,10 +178,16 @@ def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | No
 
     from tfduch.training.trainer import build_model
 
-    features = training_features(prepared)
+    noise = caption_noise(cfg, prepared)
+    features = training_features(prepared, noise)
     holder["model"] = build_model(cfg, features)
     model, summary = train(cfg, features, out, evaluate=periodic, model=holder["model"])
     save_model(model, cfg, prepared, out, summary)
+    if noise is not None and hasattr(model, "score_pairs"):
+        from tfduch.reports.noise import write_noise_report
+
+        summary["noise"] = write_noise_report(model, features.image, features.text, noise, out,
+                                              title=f"{cfg.model.method.upper()} p={cfg.noise.p:g}")
     codes = encode_retrieval_sets(model, prepared)
     report = evaluate_codes(codes, cfg)
     write_report(report, out, title=f"{cfg.model.method.upper()} {cfg.model.bits} bits on {prepared.dataset.name}",

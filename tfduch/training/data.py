@@ -23,6 +23,9 @@ class TrainingFeatures:
     caption_counts: np.ndarray  # [N] number of real captions per item
     caption_choice: np.ndarray  # [N] the protocol caption of each item
     text_aug: np.ndarray | None = None  # [N, Dt] offline-augmented protocol caption; None: other caption
+    # Noise-robust methods (CHNR): the trusted pairs and the class ids known for them (-1 elsewhere).
+    clean_mask: np.ndarray | None = None  # [N] bool
+    labels: np.ndarray | None = None  # [N] int
 
     def __post_init__(self) -> None:
         n = len(self.image)
@@ -30,8 +33,9 @@ class TrainingFeatures:
             self.image_aug = self.image_aug[None]
         shapes = {"image_aug": self.image_aug.shape[1], "captions": len(self.captions),
                   "caption_counts": len(self.caption_counts), "caption_choice": len(self.caption_choice)}
-        if self.text_aug is not None:
-            shapes["text_aug"] = len(self.text_aug)
+        for name in ("text_aug", "clean_mask", "labels"):
+            if getattr(self, name) is not None:
+                shapes[name] = len(getattr(self, name))
         bad = {k: v for k, v in shapes.items() if v != n}
         if bad:
             raise ValueError(f"training features are not aligned: image has {n} rows, but {bad}")
@@ -48,7 +52,10 @@ class TrainingFeatures:
 
 
 def make_dataset(features: TrainingFeatures, batch_size: int, seed: int = 0) -> tf.data.Dataset:
-    """Shuffled batches of ``{index, image, image_aug, text, text_aug}`` features, reshuffled each epoch."""
+    """Shuffled batches of ``{index, image, image_aug, text, text_aug}`` features, reshuffled each epoch.
+
+    With ``clean_mask`` / ``labels`` set, batches also carry ``clean`` (bool) and ``label`` (int32).
+    """
     n = len(features)
     image = tf.constant(features.image, tf.float32)
     image_aug = tf.constant(features.image_aug, tf.float32)
@@ -57,6 +64,8 @@ def make_dataset(features: TrainingFeatures, batch_size: int, seed: int = 0) -> 
     choice = tf.constant(features.caption_choice, tf.int32)
     text_aug = None if features.text_aug is None else tf.constant(features.text_aug, tf.float32)
     n_views = int(features.image_aug.shape[0])
+    clean = None if features.clean_mask is None else tf.constant(features.clean_mask, tf.bool)
+    labels = None if features.labels is None else tf.constant(features.labels, tf.int32)
 
     def gather(index: tf.Tensor, rnd: tf.Tensor) -> dict[str, tf.Tensor]:
         index = tf.cast(index, tf.int32)
@@ -75,6 +84,10 @@ def make_dataset(features: TrainingFeatures, batch_size: int, seed: int = 0) -> 
             offset = 1 + tf.cast(u[1] * tf.cast(tf.maximum(count - 1, 1), tf.float32), tf.int32)
             other = tf.where(count > 1, (chosen + tf.minimum(offset, count - 1)) % count, chosen)
             rows["text_aug"] = tf.gather_nd(captions, tf.stack([index, other], axis=1))
+        if clean is not None:
+            rows["clean"] = tf.gather(clean, index)
+        if labels is not None:
+            rows["label"] = tf.gather(labels, index)
         return rows
 
     batches = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size)

@@ -53,6 +53,7 @@ def register_method(name: str, factory: ModelFactory) -> None:
 
 def build_model(cfg: Config, data: TrainingFeatures | ModelShape) -> CrossModalHasher:
     """Instantiate, build and compile the configured method with the reference optimizers."""
+    import tfduch.methods  # noqa: F401  (registers cach, djsrh, jdsh; lazy to avoid an import cycle)
     factory = METHODS.get(cfg.model.method)
     if factory is None:
         raise ValueError(f"unknown method {cfg.model.method!r}; known: {', '.join(sorted(METHODS))}")

@@ -1,0 +1,211 @@
+"""TFLite image models for edge ground stations: preprocessed image → binary code, offline.
+
+TFLite has no image-decoding ops, so the model starts at the encoder input: float32 ``[1, S, S, 3]`` RGB
+in 0..255 (decode + resize to the clean view first, e.g. with ``ExportedModel.preprocess_images`` or
+:func:`preprocess_image_bytes`). Variants trade size for agreement with the SavedModel:
+
+- ``float32``: the float graph (reference);
+- ``float16``: float16 weights, float compute;
+- ``dynamic``: int8 weights, activations quantized on the fly (dynamic-range quantization, no calibration);
+- ``int8``: full integer post-training quantization calibrated on representative images (float I/O);
+- ``int16x8``: int8 weights, int16 activations (calibrated too): int8's size, closer to float, slower kernels.
+
+Each variant's bit agreement with the SavedModel's codes is measured at export time on held-out images
+and stored in the export metadata, so an edge user knows what the quantization costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from tfduch.export.layout import ExportError
+from tfduch.export.savedmodel import CodeExport, binarize
+
+__all__ = ["TFLITE_VARIANTS", "TFLiteOptions", "TFLiteImageEncoder", "image_code_function", "convert_image_model",
+           "representative_images", "write_tflite", "bit_agreement"]
+
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8", "int16x8")
+CALIBRATED_VARIANTS = ("int8", "int16x8")  # need representative images
+
+
+@dataclass
+class TFLiteOptions:
+    """Which variants to write and which images calibrate (``int8``) and check them."""
+
+    variants: tuple[str, ...] = ("float32", "float16", "int8")
+    data_root: str | Path | None = None  # real images (dataset folder); None: synthetic images
+    calibration_images: int = 200
+    check_images: int = 50
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in TFLITE_VARIANTS]
+        if unknown or not self.variants:
+            raise ExportError(f"unknown TFLite variants {unknown}; choose from {', '.join(TFLITE_VARIANTS)}")
+
+
+def image_code_function(module: CodeExport) -> Any:
+    """``float32 [1, S, S, 3]`` (0..255) → ``{"codes": int8 [1, K]}``: the encoder, image head and sign."""
+    s = module.image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([1, s, s, 3], tf.float32, name="image")])
+    def encode(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        h = module.image_head(module.image_encoder(image, training=False), training=False)
+        return {"codes": binarize(h)}
+
+    return encode
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+    """Hide the converter's known-harmless warnings (deprecated path notice, unrelated graph collections)."""
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(Statistics for quantized inputs|Interpreter is deprecated)")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def convert_image_model(module: CodeExport, variant: str,
+                        representative: Callable[[], Iterator[list[np.ndarray]]] | None = None) -> bytes:
+    """Convert the image path to a TFLite flatbuffer; ``int8`` and ``int16x8`` need ``representative`` batches."""
+    if variant not in TFLITE_VARIANTS:
+        raise ValueError(f"unknown TFLite variant {variant!r}; choose from {', '.join(TFLITE_VARIANTS)}")
+    if variant in CALIBRATED_VARIANTS and representative is None:
+        raise ValueError(f"{variant} quantization needs representative images")
+    with _quiet_converter():
+        # No trackable object on purpose: without one the converter freezes the variables into constants
+        # (and folds BatchNorm); with one, TF 2.21 keeps them as resource variables, which blocks int8
+        # calibration ("READ_VARIABLE failed to invoke") and most kernel fusions.
+        concrete = image_code_function(module).get_concrete_function()
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+        if variant != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if variant in CALIBRATED_VARIANTS:
+            converter.representative_dataset = representative
+            # 16x8 has no GREATER_EQUAL / SELECT kernels: the final sign stays in float there.
+            converter.target_spec.supported_ops = (
+                [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if variant == "int8"
+                else [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+                      tf.lite.OpsSet.TFLITE_BUILTINS])
+        return converter.convert()
+
+
+class TFLiteImageEncoder:
+    """Runs a TFLite image model: float32 ``[N, S, S, 3]`` preprocessed images → int8 codes ``[N, K]``."""
+
+    def __init__(self, model: str | Path | bytes, num_threads: int | None = None) -> None:
+        content = model if isinstance(model, bytes) else Path(model).read_bytes()
+        try:  # LiteRT is the maintained interpreter; tf.lite's still works in TF 2.21 (deprecated)
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            Interpreter = tf.lite.Interpreter  # noqa: N806
+        with _quiet_converter():
+            self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self.image_size = int(self._input["shape"][1])
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, dtype=np.float32)
+        s = self.image_size
+        if x.ndim != 4 or x.shape[1:] != (s, s, 3):
+            raise ValueError(f"TFLite image model takes [N, {s}, {s}, 3] float32 images, got {list(x.shape)}")
+        out = []
+        for image in x:
+            self.interpreter.set_tensor(self._input["index"], image[None])
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self._output["index"])[0].copy())
+        return np.stack(out).astype(np.int8) if out else np.zeros((0, self._output["shape"][-1]), np.int8)
+
+
+def preprocess_image_bytes(module: CodeExport, blobs: Sequence[bytes], batch_size: int = 32) -> np.ndarray:
+    """Encoded images → the float32 encoder input, with the SavedModel's own decode + clean view."""
+    chunks = [module.preprocess_images(tf.constant(list(blobs[i : i + batch_size]), tf.string)).numpy()
+              for i in range(0, len(blobs), batch_size)]
+    s = module.image_size
+    return np.concatenate(chunks) if chunks else np.zeros((0, s, s, 3), np.float32)
+
+
+def _synthetic_images(n: int, size: int, seed: int) -> np.ndarray:
+    """Smooth random colour fields with texture: natural-ish statistics when no real images exist."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, size=(n, 8, 8, 3)).astype(np.float32)
+    smooth = tf.image.resize(coarse, (size, size), method="bicubic").numpy()
+    return np.clip(smooth + rng.normal(0, 12, size=smooth.shape), 0, 255).astype(np.float32)
+
+
+def representative_images(module: CodeExport, options: TFLiteOptions) -> tuple[np.ndarray, np.ndarray, str]:
+    """(calibration images, disjoint check images, description): real dataset images when given."""
+    n_cal, n_check = options.calibration_images, options.check_images
+    if options.data_root is None:
+        images = _synthetic_images(n_cal + n_check, module.image_size, options.seed)
+        return images[:n_cal], images[n_cal:], f"{n_cal} synthetic images"
+    from tfduch.data.karpathy import load_dataset
+
+    dataset = load_dataset(options.data_root)
+    order = np.random.default_rng(options.seed).permutation(len(dataset.samples))[: n_cal + n_check]
+    paths = [dataset.samples[i].path for i in order]
+    blobs = [p.read_bytes() for p in tqdm(paths, desc="read calibration images", disable=not options.progress)]
+    images = preprocess_image_bytes(module, blobs)
+    return images[:n_cal], images[n_cal:], f"{min(n_cal, len(images))} {dataset.name} images"
+
+
+def bit_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of code bits that are equal."""
+    return float(np.mean(np.asarray(a) == np.asarray(b))) if np.size(a) else float("nan")
+
+
+def reference_codes(module: CodeExport, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """The SavedModel graph's codes for preprocessed images (the image signature minus decoding)."""
+    chunks = [binarize(module.image_head(module.image_encoder(images[i : i + batch_size], training=False),
+                                         training=False)).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, module.bits), np.int8)
+
+
+def write_tflite(module: CodeExport, out_dir: str | Path, options: TFLiteOptions) -> dict[str, Any]:
+    """Write ``image_<variant>.tflite`` files into ``out_dir``; returns their metadata entries."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    calibration, check, source = representative_images(module, options)
+    expected = reference_codes(module, check)
+
+    def representative() -> Iterator[list[np.ndarray]]:
+        for image in calibration:
+            yield [image[None]]
+
+    entries: dict[str, Any] = {}
+    for variant in tqdm(options.variants, desc="TFLite variants", disable=not options.progress):
+        blob = convert_image_model(module, variant, representative if variant in CALIBRATED_VARIANTS else None)
+        path = out / f"image_{variant}.tflite"
+        path.write_bytes(blob)
+        codes = TFLiteImageEncoder(blob).encode(check)
+        entries[variant] = {
+            "file": f"assets.extra/tflite/{path.name}", "bytes": len(blob),
+            "input": f"image: float32 [1, {module.image_size}, {module.image_size}, 3] RGB 0..255, preprocessed",
+            "output": f"codes: int8 [1, {module.bits}]",
+            "bit_agreement_vs_savedmodel": bit_agreement(codes, expected),
+            "checked_on": f"{len(check)} held-out images ({'synthetic' if options.data_root is None else 'real'})",
+            "calibration": source if variant in CALIBRATED_VARIANTS else None,
+        }
+    return entries

@@ -1,0 +1,116 @@
+"""From an archive on disk to index items: find the images (and captions), encode them, add them.
+
+Sources: a Karpathy dataset folder (``captions.json`` + ``images/``: images *and* their captions are
+indexed, so text→image and image→text both work), a caption JSON given beside an image folder, or a
+bare image folder (images only; the class is the sub-folder name when images sit in sub-folders, as in
+the original UC Merced layout). A protocol split file restricts a dataset to its train / query /
+database images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tfduch.errors import DataError
+from tfduch.index.encoders import QueryEncoder
+from tfduch.index.store import ArchiveIndex
+
+__all__ = ["IMAGE_SUFFIXES", "SPLIT_PARTS", "SourceItem", "add_items", "collect_items"]
+
+IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
+SPLIT_PARTS = ("all", "train", "query", "database")
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image to index, with its class (if known) and captions (possibly none)."""
+
+    path: Path
+    classname: str | None = None
+    captions: tuple[str, ...] = ()
+
+
+def _scan_folder(folder: Path) -> list[SourceItem]:
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}")
+    return [SourceItem(p.resolve(), p.parent.name if p.parent != folder else None) for p in paths]
+
+
+def collect_items(images: str | Path, captions: str | Path | None = None, split: str = "all",
+                  split_file: str | Path | None = None) -> list[SourceItem]:
+    """The images (with classes and captions where known) that ``images`` / ``captions`` designate."""
+    from tfduch.data.karpathy import load_dataset, load_karpathy
+
+    root = Path(images)
+    if not root.exists():
+        raise DataError(f"image folder or dataset not found: {root}")
+    if split not in SPLIT_PARTS:
+        raise DataError(f"split must be one of {', '.join(SPLIT_PARTS)}, got {split!r}")
+    dataset = None
+    if captions is not None:
+        dataset = load_karpathy(captions, root)
+    elif root.is_file() or (root / "captions.json").is_file() or any(root.glob("dataset_*.json")):
+        dataset = load_dataset(root)
+    if dataset is None:
+        if split != "all":
+            raise DataError(f"--split {split} needs a caption dataset (captions.json), but {root} is a bare folder")
+        return _scan_folder(root)
+    indices = np.arange(len(dataset))
+    if split != "all":
+        from tfduch.data.split import ProtocolSplit
+
+        if split_file is None:
+            raise DataError(f"--split {split} needs the protocol split file (a run's split-seed42.json)")
+        protocol = ProtocolSplit.load(split_file)
+        if protocol.dataset_fingerprint != dataset.fingerprint():
+            raise DataError(f"split file {split_file} was drawn for another dataset than {dataset.root}")
+        indices = getattr(protocol, split)
+    return [SourceItem(dataset.samples[i].path, dataset.samples[i].classname, tuple(dataset.samples[i].captions))
+            for i in indices]
+
+
+def _encode_in_batches(encode: Any, values: Sequence[Any], batch: int, desc: str, progress: bool, unit: str
+                       ) -> list[np.ndarray]:
+    out = []
+    with tqdm(total=len(values), desc=desc, unit=unit, disable=not progress) as bar:
+        for start in range(0, len(values), batch):
+            chunk = list(values[start : start + batch])
+            out.append(np.asarray(encode(chunk)))
+            bar.update(len(chunk))
+    return out
+
+
+def add_items(index: ArchiveIndex, encoder: QueryEncoder, items: Sequence[SourceItem], *, batch_size: int = 64,
+              progress: bool = True) -> dict[str, np.ndarray]:
+    """Encode ``items`` and add them: images to ``image``, their captions to ``text``; returns new ids.
+
+    Everything is encoded before anything is added, so a bad image leaves the index unchanged.
+    """
+    paths = [it.path for it in items]
+    image_codes = _encode_in_batches(encoder.encode_images, paths, batch_size, "Encoding images", progress, "img")
+    texts = [(i, c) for i, it in enumerate(items) for c in it.captions]
+    text_codes = _encode_in_batches(encoder.encode_texts, [c for _, c in texts], 4 * batch_size,
+                                    "Encoding captions", progress, "cap")
+    bits = index.bits
+    image_codes = np.concatenate(image_codes) if image_codes else np.zeros((0, bits), np.int8)
+    image_ids = index.add("image", image_codes, [_image_payload(it) for it in items])
+    out = {"image": image_ids}
+    if texts:
+        text_payloads = [{"caption": c, "image_id": int(image_ids[i]), "path": str(items[i].path),
+                          "class": items[i].classname} for i, c in texts]
+        out["text"] = index.add("text", np.concatenate(text_codes), text_payloads)
+    return out
+
+
+def _image_payload(item: SourceItem) -> dict[str, Any]:
+    payload: dict[str, Any] = {"path": str(item.path), "class": item.classname}
+    if item.captions:
+        payload["caption"] = item.captions[0]
+    return payload

@@ -1,0 +1,297 @@
+"""``tfduch index build|add|remove|info`` and ``tfduch search``: archive search from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfduch.errors import TfduchError
+
+INDEX_EPILOG = """\
+examples:
+  tfduch index build --run runs/duch --images ../shared/data/ucm_captions --out ucm.tfidx
+  tfduch index build --export exports/tfduch --images /archive/tiles --out tiles.tfidx --backend mih
+  tfduch index add --index ucm.tfidx --images /archive/new_tiles
+  tfduch index remove --index ucm.tfidx --ids 17 42
+  tfduch index info --index ucm.tfidx
+
+An index file holds two collections: "image" (one item per image) and "text" (one item per caption,
+when the source has captions). It records the code length and the id of the model that encoded it and
+refuses queries from any other model. Backends: flat (exact scan, default), ivf (approximate, >10x faster
+on learned codes), hnsw (approximate graph), mih (exact multi-index hashing); see docs/index.md.
+"""
+
+SEARCH_EPILOG = """\
+examples:
+  tfduch search "planes parked next to a terminal" --index ucm.tfidx -k 20
+  tfduch search --image tile.tif --index ucm.tfidx --target text     # nearest captions of an image
+  tfduch search --queries captions.txt --index ucm.tfidx --json      # one query per line
+  tfduch search --code 8f3a00ff12c4e901 --index ucm.tfidx            # a packed code in hex, no model needed
+
+The model defaults to the one recorded in the index (if its folder still exists); --run / --export
+name another copy of it. Ties in Hamming distance are ordered by item id.
+"""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--run", type=Path, help="trained run folder (tfduch train --output)")
+    g.add_argument("--export", type=Path, help="exported SavedModel (tfduch export): base, model or version folder")
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", required=True, type=Path,
+                   help="dataset folder (captions.json + images/: images and captions are indexed) or a folder of "
+                        "images (searched recursively; the sub-folder name is the class)")
+    p.add_argument("--captions", type=Path, help="Karpathy-format caption JSON for the images in --images")
+    p.add_argument("--split", default="all", choices=("all", "train", "query", "database"),
+                   help="index only this part of the protocol split (default: all images)")
+    p.add_argument("--split-file", type=Path,
+                   help="protocol split JSON (default with --run: the run's split-seed*.json)")
+    p.add_argument("--batch-size", type=int, default=32, help="images encoded per batch (default 32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _encoder(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> Any:
+    """The query encoder named by --run/--export, else the one recorded in an index's metadata."""
+    from tfduch.index.encoders import open_encoder
+
+    if args.run is not None or args.export is not None:
+        return open_encoder(run=args.run, export=args.export)
+    source = (recorded or {}).get("source") or {}
+    path = source.get("path")
+    if path and Path(path).exists():
+        return open_encoder(**{source["kind"]: Path(path)})
+    where = f" (the index was built with {source.get('kind')} {path}, which no longer exists)" if path else ""
+    raise TfduchError(f"which model encodes the queries? pass --run RUN_DIR or --export DIR{where}")
+
+
+def _split_file(args: argparse.Namespace) -> Path | None:
+    if args.split_file is not None or args.split == "all" or args.run is None:
+        return args.split_file
+    found = sorted(Path(args.run).glob("split-seed*.json"))
+    return found[0] if found else None
+
+
+def _backend_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TfduchError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except ValueError:
+            params[key.replace("-", "_")] = value
+    return params
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, ensure_ascii=False, indent=1)
+    sys.stdout.write("\n")
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "" if value is None else str(value).replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_hits(hits: list[Any], title: str) -> None:
+    """A ranked table: rank, id, Hamming distance, class, and the caption or path of each item."""
+    print(title)
+    print(f"{'rank':>4}  {'id':>7}  {'dist':>4}  {'class':<18}  path / caption")
+    for h in hits:
+        text = h.payload.get("caption") if "image_id" in h.payload else h.payload.get("path")
+        print(f"{h.rank:>4}  {h.id:>7}  {h.distance:>4}  {_cell(h.payload.get('class'), 18):<18}  "
+              f"{_cell(text, 100)}")
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_build(args: argparse.Namespace) -> int:
+    from tfduch.index.build import add_items, collect_items
+    from tfduch.index.store import ArchiveIndex
+
+    if args.out.exists() and not args.overwrite:
+        raise TfduchError(f"{args.out} exists: pass --overwrite to replace it (or use `tfduch index add`)")
+    items = collect_items(args.images, args.captions, args.split, _split_file(args))
+    encoder = _encoder(args)
+    index = ArchiveIndex.create(encoder.metadata["bits"], encoder.metadata, args.backend,
+                                **_backend_params(args.param))
+    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet)
+    index.save(args.out)
+    counts = ", ".join(f"{len(v)} {k} items" for k, v in ids.items())
+    print(f"indexed {counts} ({index.bits}-bit codes, backend {args.backend}, model {index.model_id}) → {args.out}")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from tfduch.index.build import add_items, collect_items
+    from tfduch.index.store import load_index
+
+    index = load_index(args.index)
+    encoder = _encoder(args, index.metadata.get("model"))
+    index.check_compatible(encoder.metadata)
+    items = collect_items(args.images, args.captions, args.split, _split_file(args))
+    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet)
+    index.save(args.index)
+    for name, new in ids.items():
+        if len(new):
+            print(f"added {len(new)} {name} items (ids {new[0]}..{new[-1]}) → {args.index}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from tfduch.index.store import load_index
+
+    index = load_index(args.index)
+    removed = {args.collection: index.remove(args.collection, args.ids)}
+    if args.collection == "image" and not args.keep_captions and "text" in index.collections:
+        texts = index.collection("text")
+        wanted = set(args.ids)
+        live = np.flatnonzero(~texts.removed) if texts.removed is not None else np.arange(len(texts.ids))
+        captions = [int(texts.ids[r]) for r in live if texts.payloads[int(r)].get("image_id") in wanted]
+        if captions:
+            removed["text"] = index.remove("text", captions)
+    if args.compact:
+        for coll in index.collections.values():
+            coll.compact()
+    index.save(args.index)
+    print("removed " + ", ".join(f"{n} {name} items" for name, n in removed.items()) + f" from {args.index}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from tfduch.index.store import load_index
+
+    info = load_index(args.index, verify=True).info()
+    if args.json:
+        _print_json(info)
+        return 0
+    model = info.get("model") or {}
+    source = model.get("source") or {}
+    print(f"index      {args.index}  ({info.get('file', {}).get('bytes', 0) / 1e6:.2f} MB, checksum verified)")
+    print(f"codes      {info['bits']} bits, model {info.get('model_id')} ({model.get('method')}, "
+          f"{source.get('kind')} {source.get('path')})")
+    print(f"created    {info.get('created_at')}   updated {info.get('updated_at') or '-'}")
+    for name, coll in info["collections"].items():
+        backend = coll["backend"]
+        params = ", ".join(f"{k}={v}" for k, v in backend.items() if k not in ("name", "bits"))
+        print(f"{name:<10} {coll['count']} items ({coll['removed']} removed, awaiting compaction), "
+              f"backend {backend['name']}{f' ({params})' if params else ''}")
+    return 0
+
+
+def _parse_codes(hexes: list[str], bits: int) -> np.ndarray:
+    try:
+        rows = [np.frombuffer(bytes.fromhex(h), np.uint8) for h in hexes]
+    except ValueError as exc:
+        raise TfduchError(f"--code expects hexadecimal packed codes: {exc}") from None
+    bad = [h for h, r in zip(hexes, rows, strict=True) if len(r) != bits // 8]
+    if bad:
+        raise TfduchError(f"--code {bad[0]!r}: a {bits}-bit code is {bits // 4} hex digits")
+    return np.stack(rows)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from tfduch.index.searcher import Searcher
+    from tfduch.index.store import load_index
+
+    texts = list(args.query)
+    if args.queries is not None:
+        lines = args.queries.read_text(encoding="utf-8").splitlines()
+        texts += [line for line in lines if line.strip()]
+    kinds = sum(bool(x) for x in (texts, args.image, args.code))
+    if kinds != 1:
+        raise TfduchError("give one kind of query: text (QUERY / --queries), --image PATH, or --code HEX")
+    index = load_index(args.index)
+    target = args.target
+    index.collection(target).check_k(args.k)
+    if args.code:
+        labels = [f"code {h}" for h in args.code]
+        results = Searcher(index).by_code(_parse_codes(args.code, index.bits), args.k, target)
+    else:
+        searcher = Searcher(index, _encoder(args, index.metadata.get("model")))
+        if texts:
+            labels, results = texts, searcher.by_text(texts, args.k, target)
+        else:
+            labels = [f"image {p}" for p in args.image]
+            results = searcher.by_image([Path(p) for p in args.image], args.k, target)
+    if args.json:
+        _print_json([{"query": q, "target": target, "results": [h.to_dict() for h in hits]}
+                     for q, hits in zip(labels, results, strict=True)])
+    else:
+        for q, hits in zip(labels, results, strict=True):
+            print_hits(hits, f"\n{q!r} → top {args.k} {target} items")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- registration
+def register(subparsers: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("index", help="build, update and inspect an archive search index",
+                              description="Encode an image archive (and its captions) once into a persistent "
+                              "Hamming index that `tfduch search` and `tfduch web` query in milliseconds.",
+                              epilog=INDEX_EPILOG, formatter_class=fmt)
+    sub = p.add_subparsers(dest="index_command", required=True, metavar="SUBCOMMAND")
+
+    b = sub.add_parser("build", help="encode images (+ captions) into a new index file",
+                       description="Encode every image (and caption) with a trained run or an export and write a "
+                       "new index file atomically. An existing file is replaced only with --overwrite.",
+                       epilog=INDEX_EPILOG, formatter_class=fmt)
+    _model_args(b, required=True)
+    _source_args(b)
+    b.add_argument("--out", required=True, type=Path, help="index file to write (e.g. archive.tfidx)")
+    b.add_argument("--backend", default="flat", choices=("flat", "mih", "hnsw", "ivf"),
+                   help="search structure: flat = exact scan (default); ivf = approximate, >10x faster on "
+                        "learned codes; hnsw = approximate graph; mih = exact multi-index hashing, fast only for "
+                        "near-duplicate search (see docs/index.md)")
+    b.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="backend parameter, e.g. --param nhash=4, --param ef_search=128, --param nprobe=32")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index file")
+    b.set_defaults(func=cmd_build)
+
+    a = sub.add_parser("add", help="encode more images (+ captions) into an existing index",
+                       description="Append items without rebuilding; the index is rewritten atomically, so a "
+                       "failure leaves it as it was. The model must be the one that built the index.")
+    a.add_argument("--index", required=True, type=Path, help="index file to update")
+    _model_args(a)
+    _source_args(a)
+    a.set_defaults(func=cmd_add)
+
+    r = sub.add_parser("remove", help="delete items by id",
+                       description="Delete items by id (all or none). Removing images also removes their captions "
+                       "unless --keep-captions. Flat indexes compact at once; other backends keep tombstones "
+                       "that searches skip until --compact rebuilds them.")
+    r.add_argument("--index", required=True, type=Path, help="index file to update")
+    r.add_argument("--ids", required=True, type=int, nargs="+", help="item ids (as printed by tfduch search)")
+    r.add_argument("--collection", default="image", choices=("image", "text"), help="collection of the ids")
+    r.add_argument("--keep-captions", action="store_true", help="keep the captions of removed images")
+    r.add_argument("--compact", action="store_true", help="rebuild the search structure without the removed items")
+    r.set_defaults(func=cmd_remove)
+
+    i = sub.add_parser("info", help="print metadata, counts and backend of an index (verifies its checksums)")
+    i.add_argument("--index", required=True, type=Path, help="index file")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_info)
+
+    s = subparsers.add_parser("search", help="search an index by text, image or code",
+                              description="Top-k search of an index: prints a ranked table (rank, id, Hamming "
+                              "distance, class, path or caption) per query, or JSON with --json.",
+                              epilog=SEARCH_EPILOG, formatter_class=fmt)
+    s.add_argument("query", nargs="*", help="caption(s) to search for")
+    s.add_argument("--index", required=True, type=Path, help="index file (tfduch index build)")
+    s.add_argument("-k", type=int, default=20, help="results per query (default 20; at most the collection size)")
+    s.add_argument("--image", action="append", default=[], metavar="PATH", help="query image file (repeatable)")
+    s.add_argument("--code", action="append", default=[], metavar="HEX", help="packed query code in hex (repeatable)")
+    s.add_argument("--queries", type=Path, help="text file with one caption query per line")
+    s.add_argument("--target", default="image", choices=("image", "text"),
+                   help="collection to search: image (default) or text (captions)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _model_args(s)
+    s.set_defaults(func=cmd_search)
