@@ -375,6 +375,10 @@ def reproduce(spec: ReproduceSpec, prepared: Prepared | None = None, log: Callab
     for cell, settings in bar:
         if hasattr(bar, "set_description"):
             bar.set_description(cell.key)
+        record = load_cell(cell_path(spec, cell))
+        if record is not None and same_settings(record["settings"], settings):
+            reused.append(cell.key)  # finished meanwhile by another reproduce sharing OUT
+            continue
         try:
             record = run_cell(spec, cell, prepared)
         except KeyboardInterrupt:
