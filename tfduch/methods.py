@@ -1,4 +1,4 @@
-"""Register the methods beyond DUCH (CACH, DJSRH, JDSH) with the trainer.
+"""Register the methods beyond DUCH (CHNR, CACH, DJSRH, JDSH) with the trainer.
 
 Importing this module is enough: :func:`tfduch.training.trainer.build_model` imports it lazily, so
 ``model.method: cach`` (or ``djsrh``, ``jdsh``) works in any config. Each factory turns the free-form
@@ -16,6 +16,7 @@ from tfduch.config import Config
 from tfduch.errors import ConfigError
 from tfduch.models.base import CrossModalHasher
 from tfduch.models.cach import CACH, CACHParams
+from tfduch.models.chnr import build_chnr
 from tfduch.models.djsrh import DJSRH, DJSRHParams
 from tfduch.models.jdsh import JDSH, JDSHParams
 from tfduch.training.trainer import METHODS, ModelShape, register_method
@@ -59,7 +60,7 @@ def build_jdsh(cfg: Config, shape: ModelShape) -> CrossModalHasher:
                 hidden_dim=cfg.model.hidden_dim, params=params)
 
 
-FACTORIES = {"cach": build_cach, "djsrh": build_djsrh, "jdsh": build_jdsh}
+FACTORIES = {"chnr": build_chnr, "cach": build_cach, "djsrh": build_djsrh, "jdsh": build_jdsh}
 
 
 def register_all() -> None:

@@ -20,11 +20,7 @@ from tfduch.eval import RetrievalReport, evaluate_retrieval, write_report
 from tfduch.features.build import FeatureSet, build_features
 from tfduch.io import atomic_path, atomic_write_json
 from tfduch.models.base import CrossModalHasher
-from tfduch.models.chnr import build_chnr
 from tfduch.training.data import TrainingFeatures
-from tfduch.training.trainer import register_method
-
-register_method("chnr", build_chnr)
 
 
 @dataclass
