@@ -1,6 +1,7 @@
 """DUCH's custom train_step, callbacks and checkpoint/resume on small synthetic features."""
-
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -108,6 +109,8 @@ def test_interrupted_training_resumes(tmp_path) -> None:
     cfg = small_config(tmp_path, epochs=2)
     model, _ = train(cfg, feats, tmp_path)
     saved = [v.numpy().copy() for v in model.weights]
+    # keep a copy of epoch 2's checkpoint: the manager prunes it once epochs 3 and 4 are saved
+    shutil.copytree(tmp_path / "checkpoints", tmp_path / "epoch2")
     cfg.train.epochs = 4
     fresh = build_model(cfg, feats)
     resumed, summary = train(cfg, feats, tmp_path, model=fresh)
@@ -119,8 +122,8 @@ def test_interrupted_training_resumes(tmp_path) -> None:
     check = build_model(cfg, feats)
     from tfduch.training.callbacks import ResumableCheckpoint
 
-    ckpt = ResumableCheckpoint(tmp_path / "checkpoints", check)
-    ckpt.checkpoint.restore(str(tmp_path / "checkpoints" / "ckpt-2"))
+    ckpt = ResumableCheckpoint(tmp_path / "epoch2", check)
+    ckpt.checkpoint.restore(str(tmp_path / "epoch2" / "ckpt-2"))
     for a, b in zip(saved, check.weights, strict=True):
         np.testing.assert_allclose(a, b.numpy())
     assert tf.reduce_all(tf.abs(check.code_targets.targets) == 1.0)

@@ -322,7 +322,9 @@ def _load_backbone(model_dir: Path) -> ExactGeluBertBackbone:
     not a subclass), so the weights are copied into a backbone rebuilt from the same config.
     """
     loaded = keras_hub.models.BertBackbone.from_preset(str(model_dir))
-    backbone = ExactGeluBertBackbone.from_config(loaded.get_config())
+    config = loaded.get_config()
+    config["name"] = "bert_backbone"  # a fixed name, so `get_layer` works however many encoders exist
+    backbone = ExactGeluBertBackbone.from_config(config)
     backbone.set_weights(loaded.get_weights())
     backbone.trainable = False
     return backbone

@@ -30,10 +30,15 @@ class CodeTargets(keras.layers.Layer):
         # Before the first refresh B is random, as in the reference implementation.
         self.targets = self.add_weight(shape=(self.num_items, self.bits), initializer=lambda *a, **k: init,
                                        trainable=False, name="targets")
-        self.recorded = {
-            v: self.add_weight(shape=(self.num_items, self.bits), initializer="zeros", trainable=False, name=v)
-            for v in self.views
-        }
+        # One attribute per view (not a dict attribute): TensorFlow checkpoints track plain attributes
+        # reliably, so a resumed run gets the recorded codes back too.
+        for v in self.views:
+            setattr(self, f"recorded_{v}",
+                    self.add_weight(shape=(self.num_items, self.bits), initializer="zeros", trainable=False, name=v))
+
+    @property
+    def recorded(self) -> dict[str, keras.Variable]:
+        return {v: getattr(self, f"recorded_{v}") for v in self.views}
 
     def lookup(self, index: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.targets, index)
