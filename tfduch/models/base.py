@@ -26,6 +26,16 @@ class CrossModalHasher(keras.Model):
         self.hidden_dim = int(hidden_dim)
         self.image_head = build_hash_head(self.image_dim, self.bits, self.hidden_dim, name="image_head")
         self.text_head = build_hash_head(self.text_dim, self.bits, self.hidden_dim, name="text_head")
+        self.trackers: dict[str, keras.metrics.Metric] = {}  # each method's logged loss terms, by name
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.trackers.values())
+
+    @property
+    def hashing_variables(self) -> list[keras.Variable]:
+        """What the hashing optimizer updates (a method with more trainable parts extends it)."""
+        return self.image_head.trainable_variables + self.text_head.trainable_variables
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         out = {}

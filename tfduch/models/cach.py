@@ -35,7 +35,7 @@ from tfduch.losses import bit_balance_loss, generator_loss, nt_xent, quantizatio
 from tfduch.losses.reconstruction import code_consistency_loss, feature_reconstruction_loss
 from tfduch.losses.similarity import SCALES, code_similarity_loss, multiscale_similarity
 from tfduch.models.cross_autoencoder import CrossAutoencoder
-from tfduch.models.duch import DUCH, _with_l2
+from tfduch.models.duch import DUCH
 
 LOSS_NAMES = ("loss", "contrastive", "similarity", "reconstruction", "consistency", "adversarial", "quantization",
               "bit_balance", "discriminator")
@@ -151,30 +151,12 @@ class CACH(DUCH):
         terms["loss"] = total
         return terms
 
-    def train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        text_aug = batch["text"] if self.loss_config.text_aug == "same" else batch["text_aug"]
-        batch = {**batch, "text_aug": text_aug}
-        with tf.GradientTape() as tape:
-            codes = {
-                "image": self.image_head(batch["image"], training=True),
-                "image_aug": self.image_head(batch["image_aug"], training=True),
-                "text": self.text_head(batch["text"], training=True),
-                "text_aug": self.text_head(text_aug, training=True),
-            }
-            d_loss = tf.constant(0.0)
-            if self.params.adversarial:
-                with tape.stop_recording():
-                    d_loss = self.discriminator_step([codes["image"], codes["image_aug"]],
-                                                     [codes["text"], codes["text_aug"]])
-            losses = self.cach_losses(codes, batch)
-        variables = self.hashing_variables
-        grads = _with_l2(tape.gradient(losses["loss"], variables), variables, self.weight_decay)
-        self.optimizer.apply(grads, variables)
-        self.code_targets.record(batch["index"], codes)
-        losses["discriminator"] = d_loss
-        for name, value in losses.items():
-            self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+    @property
+    def trains_discriminator(self) -> bool:
+        return bool(self.params.adversarial)
+
+    def objective(self, codes: dict[str, tf.Tensor], batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return self.cach_losses(codes, batch)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "params": dataclasses.asdict(self.params)}

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tfduch.config import CHNRConfig, LossConfig
 from tfduch.losses import discriminator_loss, gradient_penalty, nt_xent, quantization_loss
-from tfduch.models.duch import DUCH, _with_l2
+from tfduch.models.duch import DUCH
 from tfduch.models.noise_detector import build_noise_detector, pair_features
 
 if TYPE_CHECKING:
@@ -216,42 +216,32 @@ class CHNR(DUCH):
         losses["quantization"] = quantization
         return losses
 
-    def train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    @property
+    def trains_discriminator(self) -> bool:
+        return self.chnr_config.objective == "duch"
+
+    def before_update(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """In the meta-learning phase, one detector update on the batch's clean pairs."""
         missing = [k for k in ("clean", "label") if k not in batch]
         if missing:
             raise ValueError(f"CHNR batches need {missing}: build TrainingFeatures with clean_mask and labels "
                              "(tfduch.pipeline.training_features does when noise is configured)")
-        text_aug = batch["text"] if self.loss_config.text_aug == "same" else batch["text_aug"]
         in_meta = tf.equal(self.phase, META_PHASE)
-        d_noise = tf.cond(in_meta, lambda: self.detector_step(batch, text_aug), lambda: tf.constant(0.0))
+        return {"detector": tf.cond(in_meta, lambda: self.detector_step(batch, batch["text_aug"]),
+                                    lambda: tf.constant(0.0))}
+
+    def objective(self, codes: dict[str, tf.Tensor], batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         weights = tf.stop_gradient(self.pair_weights(batch))
-        with tf.GradientTape() as tape:
-            codes = {
-                "image": self.image_head(batch["image"], training=True),
-                "image_aug": self.image_head(batch["image_aug"], training=True),
-                "text": self.text_head(batch["text"], training=True),
-                "text_aug": self.text_head(text_aug, training=True),
-            }
-            if self.chnr_config.objective == "duch":
-                with tape.stop_recording():
-                    d_loss = self.discriminator_step([codes["image"], codes["image_aug"]],
-                                                     [codes["text"], codes["text_aug"]])
-                losses = self.duch_losses(codes, batch["index"], weights)
-            else:
-                d_loss = tf.constant(0.0)
-                losses = self.reference_losses(codes, batch["index"], weights)
-        variables = self.hashing_variables
-        grads = _with_l2(tape.gradient(losses["loss"], variables), variables, self.weight_decay)
-        self.optimizer.apply(grads, variables)
-        self.code_targets.record(batch["index"], codes)
-        losses.update({"discriminator": d_loss, "detector": d_noise})
-        for name, value in losses.items():
-            self.trackers[name].update_state(value)
+        if self.chnr_config.objective == "duch":
+            losses = self.duch_losses(codes, batch["index"], weights)
+        else:
+            losses = self.reference_losses(codes, batch["index"], weights)
+        return {**losses, "pair_weight": tf.reduce_mean(weights)}
+
+    def after_update(self, batch: dict[str, tf.Tensor], logged: dict[str, tf.Tensor]) -> None:
         s = self.score_sums
         self.trackers["real_score"].update_state(s[0] / tf.maximum(s[1], 1.0))
         self.trackers["fake_score"].update_state(s[2] / tf.maximum(s[3], 1.0))
-        self.trackers["pair_weight"].update_state(tf.reduce_mean(weights))
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     # --- inspection ---------------------------------------------------------------------------------
 

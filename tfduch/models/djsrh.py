@@ -97,14 +97,6 @@ class DJSRH(CrossModalHasher):
         super().compile(optimizer=optimizer, **kwargs)
         self.weight_decay = float(weight_decay)
 
-    @property
-    def metrics(self) -> list[keras.metrics.Metric]:
-        return list(self.trackers.values())
-
-    @property
-    def hashing_variables(self) -> list[keras.Variable]:
-        return self.image_head.trainable_variables + self.text_head.trainable_variables
-
     def code_scale(self) -> tf.Tensor:
         """α = sqrt(epoch + 1), the epoch read from the optimizer's step counter (so it resumes)."""
         if not self.params.tanh_scaling:

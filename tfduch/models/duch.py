@@ -57,14 +57,6 @@ class DUCH(CrossModalHasher):
         self.weight_decay = float(weight_decay)
         self.discriminator_weight_decay = float(discriminator_weight_decay)
 
-    @property
-    def metrics(self) -> list[keras.metrics.Metric]:
-        return list(self.trackers.values())
-
-    @property
-    def hashing_variables(self) -> list[keras.Variable]:
-        return self.image_head.trainable_variables + self.text_head.trainable_variables
-
     # --- the two updates -------------------------------------------------------------------------
 
     def discriminator_step(self, image_codes: list[tf.Tensor], text_codes: list[tf.Tensor]) -> tf.Tensor:
@@ -108,26 +100,55 @@ class DUCH(CrossModalHasher):
         """Per-pair weights of the inter-modal term; DUCH trusts every pair. CHNR overrides this."""
         return None
 
+    # --- hooks a method variant overrides (CHNR, CACH), so the update itself is written once -------
+
+    @property
+    def trains_discriminator(self) -> bool:
+        """Whether each step also updates the code discriminator (DUCH: always)."""
+        return True
+
+    def objective(self, codes: dict[str, tf.Tensor], batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The hashing heads' loss terms; ``loss`` is the one minimised, the others are logged."""
+        return self.hashing_losses(codes, batch["index"], self.pair_weights(batch))
+
+    def before_update(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Work done before the hashing update (e.g. CHNR's detector step); returns extra values to log."""
+        return {}
+
+    def after_update(self, batch: dict[str, tf.Tensor], logged: dict[str, tf.Tensor]) -> None:
+        """Work done after the hashing update (e.g. extra metrics)."""
+
+    # --- one step ------------------------------------------------------------------------------------
+
+    def view_codes(self, batch: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
+        """Continuous codes of the four views: image, augmented image, caption, second text view."""
+        return {
+            "image": self.image_head(batch["image"], training=training),
+            "image_aug": self.image_head(batch["image_aug"], training=training),
+            "text": self.text_head(batch["text"], training=training),
+            "text_aug": self.text_head(batch["text_aug"], training=training),
+        }
+
     def train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        text_aug = batch["text"] if self.loss_config.text_aug == "same" else batch["text_aug"]
+        if self.loss_config.text_aug == "same":  # the reference's behaviour: the second text view is the caption
+            batch = {**batch, "text_aug": batch["text"]}
+        logged = self.before_update(batch)
         with tf.GradientTape() as tape:
-            codes = {
-                "image": self.image_head(batch["image"], training=True),
-                "image_aug": self.image_head(batch["image_aug"], training=True),
-                "text": self.text_head(batch["text"], training=True),
-                "text_aug": self.text_head(text_aug, training=True),
-            }
-            with tape.stop_recording():
-                d_loss = self.discriminator_step([codes["image"], codes["image_aug"]],
-                                                 [codes["text"], codes["text_aug"]])
-            losses = self.hashing_losses(codes, batch["index"], self.pair_weights(batch))
+            codes = self.view_codes(batch)
+            d_loss = tf.constant(0.0)
+            if self.trains_discriminator:
+                with tape.stop_recording():
+                    d_loss = self.discriminator_step([codes["image"], codes["image_aug"]],
+                                                     [codes["text"], codes["text_aug"]])
+            losses = self.objective(codes, batch)
         variables = self.hashing_variables
         grads = _with_l2(tape.gradient(losses["loss"], variables), variables, self.weight_decay)
         self.optimizer.apply(grads, variables)
         self.code_targets.record(batch["index"], codes)
-        losses["discriminator"] = d_loss
-        for name, value in losses.items():
+        logged = {**losses, "discriminator": d_loss, **logged}
+        for name, value in logged.items():
             self.trackers[name].update_state(value)
+        self.after_update(batch, logged)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def get_config(self) -> dict[str, Any]:
