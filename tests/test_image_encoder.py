@@ -239,7 +239,7 @@ def test_cache_recovers_and_is_keyed_by_checkpoint(
     assert local.stat().st_size > 1000
     assert not [p for p in local.parent.iterdir() if p.name.startswith(".")]  # no temp files left
 
-    monkeypatch.setattr(ef, "_file_sha256", lambda path: "f" * 64)  # "the checkpoint changed"
+    monkeypatch.setattr(ef, "file_sha256", lambda path: "f" * 64)  # "the checkpoint changed"
     ef.build_image_encoder("lite0", cache_dir=tmp_path)
     assert (local.parent / f"efficientnet-lite0-notop-{'f' * 16}-c{ef.CONVERTER_VERSION}.weights.h5").exists()
 

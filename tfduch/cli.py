@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tfduch.config import DATA_ENV, Config, load_config
-from tfduch.errors import TfduchError
+from tfduch.errors import run_command
 
 # Further commands live beside the code they drive; each module defines ``register(subparsers)``
 # adding its parser with ``set_defaults(func=...)``.
@@ -182,12 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except TfduchError as exc:
-        print(f"tfduch: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,3 +15,19 @@ class ConfigError(TfduchError, ValueError):
 
 class CacheError(TfduchError):
     """A cached artefact (features, converted weights, checkpoint) cannot be used."""
+
+
+def run_command(args: object) -> int:
+    """Run a parsed CLI command (``args.func(args)``); a tfduch error becomes one line on stderr and exit code 2.
+
+    Why: users should see what is wrong with their input, not a traceback; unexpected errors still raise.
+    """
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return int(args.func(args) or 0)  # type: ignore[attr-defined]
+    except TfduchError as exc:
+        print(f"tfduch: error: {exc}", file=sys.stderr)
+        return 2

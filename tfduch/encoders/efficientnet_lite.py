@@ -13,8 +13,6 @@ keyed by the checkpoint's sha256, so conversion runs once per checkpoint.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib.util
 import math
 import os
@@ -29,6 +27,7 @@ from keras import layers
 
 from tfduch.encoders.pth import load_state_dict
 from tfduch.errors import CacheError, DataError
+from tfduch.io import file_sha256
 
 __all__ = [
     "IMAGE_ENCODERS",
@@ -307,23 +306,9 @@ def weights_path(variant: str = "lite0") -> Path:
     raise CacheError(f"package {spec.package} has no models/efficientnet-{variant}-*.pth; reinstall it")
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    st = path.stat()
-    return _sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
 def image_encoder_id(variant: str = "lite0") -> str:
     """Stable id naming variant, weights digest and converter version (feature caches key on it)."""
-    digest = _file_sha256(weights_path(variant))[:12]
+    digest = file_sha256(weights_path(variant))[:12]
     return f"efficientnet-{variant}-{digest}-c{CONVERTER_VERSION}"
 
 
@@ -369,7 +354,7 @@ def build_image_encoder(
     spec = _spec(variant)
     pth = weights_path(variant)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = _cached_weights_file(spec, include_top, root, _file_sha256(pth))
+    target = _cached_weights_file(spec, include_top, root, file_sha256(pth))
     model = _build_graph(spec, include_top)
     if target.exists():
         try:

@@ -22,12 +22,10 @@ either, so the choice only matters for pathological inputs; it is part of :func:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import weakref
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,8 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_text as tf_text  # noqa: E402
+
+from tfduch.io import file_sha256  # noqa: E402
 
 __all__ = [
     "TEXT_FEATURE_DIM",
@@ -116,21 +116,9 @@ def _resolve_model_dir(model_dir: str | Path | None) -> Path:
     return path
 
 
-@lru_cache(maxsize=8)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file; size and mtime are part of the cache key so an edited file is re-hashed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def minilm_weights_digest(model_dir: str | Path | None = None) -> str:
     """sha256 (hex) of ``model.safetensors``; hashed once per process unless the file changes."""
-    path = _resolve_model_dir(model_dir) / "model.safetensors"
-    stat = path.stat()
-    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+    return file_sha256(_resolve_model_dir(model_dir) / "model.safetensors")
 
 
 def text_encoder_id(*, max_length: int = DEFAULT_MAX_LENGTH, model_dir: str | Path | None = None) -> str:

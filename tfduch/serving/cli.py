@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tfduch.errors import ConfigError, TfduchError
+from tfduch.errors import ConfigError, TfduchError, run_command
 
 SERVE_EPILOG = """\
 examples:
@@ -238,15 +238,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tfduch.serving.cli serve|encode ...``: these two commands without the rest of the CLI."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="python -m tfduch.serving.cli")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except TfduchError as exc:
-        print(f"tfduch: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
