@@ -104,6 +104,15 @@ def test_step_decay_matches_reference_schedule() -> None:
     assert sched.lr_at(51) == pytest.approx(6.4e-5) and sched.lr_at(99) == pytest.approx(6.4e-5)
 
 
+def test_checkpoints_every_n_epochs_and_after_the_last(tmp_path) -> None:
+    feats, _ = clustered_features(n=64)
+    cfg = small_config(tmp_path, epochs=5)
+    cfg.train.checkpoint_every = 2
+    train(cfg, feats, tmp_path)
+    saved = sorted(int(p.name.split("-")[1].split(".")[0]) for p in (tmp_path / "checkpoints").glob("ckpt-*.index"))
+    assert saved == [4, 5]  # epoch 2 was pruned (max_to_keep=2), epochs 1 and 3 never written
+
+
 def test_interrupted_training_resumes(tmp_path) -> None:
     feats, _ = clustered_features(n=96)
     cfg = small_config(tmp_path, epochs=2)

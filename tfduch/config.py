@@ -96,6 +96,9 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # evaluate on query/database every N epochs (0: only at the end)
     checkpoint: bool = True
+    # Checkpoint every N epochs (and always after the last): a checkpoint holds the heads and both optimizers'
+    # state (~100 MB at 64 bits), so writing one per epoch costs more than the epoch's training on UCM.
+    checkpoint_every: int = 5
     tensorboard: bool = True
     verbose: str = "auto"  # keras fit verbosity: auto | 0 | 1 | 2
 

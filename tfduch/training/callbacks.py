@@ -36,15 +36,18 @@ class StepDecay(keras.callbacks.Callback):
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):
-    """Checkpoint model, both optimizers, targets and the epoch counter after every epoch.
+    """Checkpoint model, both optimizers, targets and the epoch counter every ``every`` epochs and after the last.
 
     ``restore()`` before ``fit`` returns the epoch to resume from. TensorFlow's checkpoint manager
     writes the data files first and then atomically replaces the index, so a crash mid-save leaves
     the previous checkpoint usable.
     """
 
-    def __init__(self, directory: str | Path, model: keras.Model, max_to_keep: int = 2):
+    def __init__(self, directory: str | Path, model: keras.Model, max_to_keep: int = 2, every: int = 1):
         super().__init__()
+        if every < 1:
+            raise ValueError(f"checkpoint every {every} epochs: must be at least 1")
+        self.every = int(every)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         objects = {"model": model, "epoch": self.epoch}
         if model.optimizer is not None:
@@ -61,8 +64,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         return int(self.epoch.numpy())
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
+        last = self.params.get("epochs") if self.params else None
+        if (epoch + 1) % self.every == 0 or epoch + 1 == last:
+            self.epoch.assign(epoch + 1)
+            self.manager.save(checkpoint_number=epoch + 1)
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):

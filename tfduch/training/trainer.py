@@ -91,7 +91,7 @@ def train(cfg: Config, features: TrainingFeatures, output_dir: str | Path,
     ]
     initial_epoch = 0
     if cfg.train.checkpoint:
-        ckpt = ResumableCheckpoint(out / "checkpoints", model)
+        ckpt = ResumableCheckpoint(out / "checkpoints", model, every=cfg.train.checkpoint_every)
         initial_epoch = ckpt.restore()
         callbacks.append(ckpt)
         if initial_epoch:
