@@ -44,6 +44,17 @@ def test_nt_xent_matches_formula(tau: float) -> None:
     assert got_w == pytest.approx(_nt_xent_reference(a, b, tau, w), rel=1e-4)
 
 
+def test_nt_xent_sum_reduction_is_the_reference_sum_over_anchors() -> None:
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)
+    w = rng.uniform(size=6).astype(np.float32)
+    for weights in (None, w):
+        got = float(nt_xent(a, b, 1.0, weights, reduction="sum"))
+        assert got == pytest.approx(12 * _nt_xent_reference(a, b, 1.0, weights), rel=1e-4)
+    with pytest.raises(ValueError, match="reduction"):
+        nt_xent(a, b, reduction="max")
+
+
 def test_nt_xent_prefers_aligned_pairs() -> None:
     rng = np.random.default_rng(1)
     a = rng.normal(size=(8, 16)).astype(np.float32)

@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from tfduch.config import LossConfig
-from tfduch.losses import bit_balance_loss, generator_loss, nt_xent, quantization_loss
+from tfduch.losses import bit_balance_loss, generator_loss, quantization_loss
 from tfduch.losses.reconstruction import code_consistency_loss, feature_reconstruction_loss
 from tfduch.losses.similarity import SCALES, code_similarity_loss, multiscale_similarity
 from tfduch.models.cross_autoencoder import CrossAutoencoder
@@ -114,9 +114,9 @@ class CACH(DUCH):
         total = zero
         if p.contrastive:
             w_inter, w_img, w_txt = cfg.contrastive_weights
-            terms["contrastive"] = (w_inter * nt_xent(h_i, h_t, cfg.temperature)
-                                    + w_img * nt_xent(h_i, codes["image_aug"], cfg.temperature)
-                                    + w_txt * nt_xent(h_t, codes["text_aug"], cfg.temperature))
+            terms["contrastive"] = (w_inter * self.contrastive(h_i, h_t)
+                                    + w_img * self.contrastive(h_i, codes["image_aug"])
+                                    + w_txt * self.contrastive(h_t, codes["text_aug"]))
             total += terms["contrastive"]
         if p.similarity:
             target = self.semantic_target(batch)

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfduch.config import CHNRConfig, LossConfig
-from tfduch.losses import discriminator_loss, gradient_penalty, nt_xent, quantization_loss
+from tfduch.losses import discriminator_loss, gradient_penalty, quantization_loss
 from tfduch.models.duch import DUCH
 from tfduch.models.noise_detector import build_noise_detector, pair_features
 
@@ -201,7 +201,7 @@ class CHNR(DUCH):
                          pair_weights: tf.Tensor) -> dict[str, tf.Tensor]:
         """CHNR's objective: weighted inter-modal NT-Xent + β·(weighted) quantization."""
         cfg = self.loss_config
-        ntxent = nt_xent(codes["image"], codes["text"], cfg.temperature, pair_weights)
+        ntxent = self.contrastive(codes["image"], codes["text"], pair_weights)
         quantization = self.weighted_quantization(codes, index, pair_weights)
         zero = tf.zeros_like(ntxent)
         return {"loss": ntxent + cfg.beta * quantization, "ntxent": ntxent, "adversarial": zero,

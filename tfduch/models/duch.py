@@ -77,6 +77,11 @@ class DUCH(CrossModalHasher):
         self.discriminator_optimizer.apply(grads, d_vars)
         return total
 
+    def contrastive(self, a: tf.Tensor, b: tf.Tensor, pair_weights: tf.Tensor | None = None) -> tf.Tensor:
+        """NT-Xent between paired rows of two code batches, with the configured temperature and reduction."""
+        cfg = self.loss_config
+        return nt_xent(a, b, cfg.temperature, pair_weights, reduction=cfg.ntxent_reduction)
+
     def hashing_losses(self, codes: dict[str, tf.Tensor], index: tf.Tensor,
                        pair_weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         """Every term of the hashing objective, unweighted, plus the weighted total under ``loss``."""
@@ -84,9 +89,9 @@ class DUCH(CrossModalHasher):
         w_inter, w_img, w_txt = cfg.contrastive_weights
         h_i1, h_i2, h_t1, h_t2 = codes["image"], codes["image_aug"], codes["text"], codes["text_aug"]
         ntxent = (
-            w_inter * nt_xent(h_i1, h_t1, cfg.temperature, pair_weights)
-            + w_img * nt_xent(h_i1, h_i2, cfg.temperature)
-            + w_txt * nt_xent(h_t1, h_t2, cfg.temperature)
+            w_inter * self.contrastive(h_i1, h_t1, pair_weights)
+            + w_img * self.contrastive(h_i1, h_i2)
+            + w_txt * self.contrastive(h_t1, h_t2)
         )
         fooling = [h_i1, h_i2] if cfg.adversarial_branch == "image" else [h_t1, h_t2]
         adversarial = generator_loss([self.discriminator(h, training=True) for h in fooling])
