@@ -23,7 +23,6 @@ Rows:
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 import json
 import shutil
 import sys
@@ -78,11 +77,8 @@ def known_methods() -> tuple[str, ...]:
 
 
 def chnr_unavailable() -> str | None:
-    """Why CHNR cannot run here (None when it can): it is run only when its model module exists."""
-    if importlib.util.find_spec("tfduch.models.chnr") is None:
-        return "tfduch.models.chnr does not exist in this installation"
+    """Why CHNR cannot run here (None when it can): the trainer's method registry must know it."""
     import tfduch.methods  # noqa: F401  (the registry as build_model sees it)
-    import tfduch.models.chnr  # noqa: F401  (may register itself)
     from tfduch.training.trainer import METHODS
 
     return None if "chnr" in METHODS else "tfduch.models.chnr exists but registers no 'chnr' method with the trainer"
@@ -274,11 +270,9 @@ def _tanh_codes(model: Any, modality: str) -> Callable[[np.ndarray], np.ndarray]
 def _training_features(cfg: Config, prepared: Prepared) -> Any:
     """The training rows exactly as ``tfduch train`` builds them (with caption noise / a clean subset
     where the config or the method asks for one, e.g. CHNR)."""
-    from tfduch import pipeline
+    from tfduch.pipeline import caption_noise, training_features
 
-    caption_noise = getattr(pipeline, "caption_noise", None)
-    noise = caption_noise(cfg, prepared) if caption_noise is not None else None
-    return pipeline.training_features(prepared, noise) if noise is not None else pipeline.training_features(prepared)
+    return training_features(prepared, caption_noise(cfg, prepared))
 
 
 def _run_learned(spec: ReproduceSpec, cell: Cell, prepared: Prepared) -> dict[str, Any]:
