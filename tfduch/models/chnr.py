@@ -189,9 +189,10 @@ class CHNR(DUCH):
 
         Why: B_i = sign of the mean of the item's image *and* text codes, so pulling both towards it aligns the
         pair just as the contrastive term does; unweighted, it would re-align the pairs the detector distrusts.
-        (The reference left it unweighted, but its NT-Xent was a sum over the batch, ~500× the quantization
-        term; here NT-Xent is a mean, as in DUCH, so β·quantization is of the same size and would undo the
-        weighting — on UCM at p = 0.5 it cut mAP@20 below unweighted DUCH.) In phase 1 the weights are the
+        (The reference left it unweighted: its NT-Xent was a sum over the batch, ~500× the quantization term,
+        so the unweighted pull hardly mattered there. With ``loss.ntxent_reduction: mean`` β·quantization is of
+        the same size as NT-Xent and, unweighted, undid the weighting — on UCM at p = 0.5 it cut mAP@20 below
+        unweighted DUCH. Weighting it is right under either reduction.) In phase 1 the weights are the
         clean-subset mask, so quantization then also sees only the trusted pairs.
         """
         mask = tf.sqrt(pair_weights)[:, None]  # quantization_loss squares the difference
