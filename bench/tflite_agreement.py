@@ -2,6 +2,7 @@
 
     python bench/tflite_agreement.py --run runs/duch [--data ../shared/data/ucm_captions]
         [--export EXPORT_VERSION_DIR] [--variants float32,float16,dynamic,int8] [--calibration 300]
+        [--bias-correction 64]     # calibrated variants; a variant suffixed -nobc (int8-nobc) skips it
 
 The reference is the exported SavedModel's ``encode_image`` signature on the query images' encoded bytes
 (exported into a temporary folder unless ``--export`` names one). Every TFLite variant gets the same
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=Path, help="export version dir of this run (default: export to a temp dir)")
     p.add_argument("--variants", default="float32,float16,dynamic,int8")
     p.add_argument("--calibration", type=int, default=300, help="training-split images calibrating int8")
+    p.add_argument("--bias-correction", type=int, default=64,
+                   help="calibration images for the int8 bias correction (0: off; variant-nobc: off for it)")
     p.add_argument("--eval", type=int, default=0, help="query images measured (0: the whole query split)")
     p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -53,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     from tfduch.data.split import ProtocolSplit
     from tfduch.eval import map_at_k, markdown_table
     from tfduch.export import CodeExport, Encoders, export_model, load_exported
-    from tfduch.export.tflite import CALIBRATED_VARIANTS, TFLiteImageEncoder, bit_agreement, convert_image_model
+    from tfduch.export.tflite import (
+        CALIBRATED_VARIANTS,
+        TFLiteImageEncoder,
+        bias_corrected_encoder,
+        bit_agreement,
+        convert_image_model,
+    )
     from tfduch.pipeline import load_trained, prepare, split_path
 
     cfg, model, _ = load_trained(args.run)
@@ -94,9 +103,19 @@ def main(argv: list[str] | None = None) -> int:
             for image in cal_inputs:
                 yield [image[None]]
 
-        for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        corrected = None
+        for label in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            variant = label.removesuffix("-nobc")
+            calibrated = variant in CALIBRATED_VARIANTS
+            correct = calibrated and args.bias_correction > 0 and not label.endswith("-nobc")
             start = time.perf_counter()
-            blob = convert_image_model(module, variant, representative if variant in CALIBRATED_VARIANTS else None)
+            if correct and corrected is None:
+                corrected = bias_corrected_encoder(module.image_encoder, cal_inputs[: args.bias_correction],
+                                                   progress=True)
+                print(f"bias correction: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+                start = time.perf_counter()
+            blob = convert_image_model(module, variant, representative if calibrated else None,
+                                       bias_correction_images=0, encoder=corrected if correct else None)
             convert_s = time.perf_counter() - start
             runner = TFLiteImageEncoder(blob, num_threads=args.threads)
             runner.encode(inputs[:2])  # warm-up
@@ -105,12 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             ms = 1e3 * (time.perf_counter() - start) / len(inputs)
             hamming = np.sum(codes != reference, axis=1)
             m = map_at_k(codes, db_text, q_labels, db_labels, k=20)
-            rows.append({"variant": f"TFLite {variant}", "MB": len(blob) / 1e6,
+            name = f"{variant} (no bias correction)" if calibrated and not correct else variant
+            rows.append({"variant": f"TFLite {name}", "MB": len(blob) / 1e6,
                          "bits equal %": 100 * bit_agreement(codes, reference),
                          "codes equal %": 100 * float(np.mean(hamming == 0)), "mean Hamming": float(hamming.mean()),
                          "max Hamming": int(hamming.max()), "i2t mAP@20": m, "ΔmAP": m - map_ref, "ms/image": ms,
                          "convert s": convert_s})
-            print(f"{variant}: {rows[-1]['bits equal %']:.3f} % bits equal, {len(blob) / 1e6:.1f} MB", file=sys.stderr)
+            print(f"{name}: {rows[-1]['bits equal %']:.3f} % bits equal, {len(blob) / 1e6:.1f} MB", file=sys.stderr)
 
     base = next((r for r in rows if r["variant"] == "TFLite float32"), None)
     for r in rows:

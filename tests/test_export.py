@@ -428,6 +428,36 @@ def test_tflite_float_image_model_matches_savedmodel(trained, encoders, loaded, 
         tflite.encode(np.zeros((1, 256, 256, 3), np.float32))
 
 
+def test_bias_corrected_encoder_rounds_kernels_and_keeps_channel_means():
+    import keras
+
+    from tfduch.export.tflite import bias_corrected_encoder
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="a_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="a_bn")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="b_conv")(x)
+    outputs = keras.layers.BatchNormalization(name="b_bn")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if layer.name.endswith("_conv"):
+            layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype(np.float32))
+    before = [w.copy() for w in model.get_weights()]
+    images = rng.uniform(0, 255, (12, 8, 8, 3)).astype(np.float32)
+    corrected = bias_corrected_encoder(model, images, batch_size=5)
+    for original, now in zip(before, model.get_weights(), strict=True):  # the input model is untouched
+        np.testing.assert_array_equal(original, now)
+    for name, axis in (("a_conv", 3), ("b_conv", 2)):
+        kernel = corrected.get_layer(name).kernel.numpy()
+        scale = np.max(np.abs(kernel), axis=tuple(i for i in range(4) if i != axis), keepdims=True) / 127
+        np.testing.assert_allclose(kernel / scale, np.round(kernel / scale), atol=1e-3)
+    # The rounding's mean shift is absorbed: per-channel output means match the float model's.
+    want = model(images, training=False).numpy().mean(axis=(0, 1, 2))
+    got = corrected(images, training=False).numpy().mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_cli_tflite_export_writes_models_and_agreement(tmp_path, run_dir, encoders, exported):
     from tfduch import cli

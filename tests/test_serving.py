@@ -482,6 +482,61 @@ def test_batching_merges_concurrent_requests_and_isolates_failures(store, tmp_pa
         assert err.value.code == "DEADLINE_EXCEEDED"
 
 
+class _Doubler:
+    """A stand-in SignatureRunner for the scheduler alone."""
+
+    batchable = True
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def run(self, inputs):
+        self.calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+
+def test_batching_lone_requests_skip_the_queue_and_concurrent_ones_still_merge():
+    from tfduch.serving.batching import BatchScheduler
+
+    runner = _Doubler()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1,
+                                               timeout_from_free=True))
+    try:
+        for i in range(3):  # the first waits for company once; later lone requests run at once, in their thread
+            out = scheduler.run(runner, {"x": np.array([i, i + 1], np.float32)}, 2)
+            np.testing.assert_array_equal(out["y"], [2 * i, 2 * i + 2])
+        assert scheduler.stats()["direct"] == 2 and runner.calls == [2, 2, 2]
+        results: dict[int, np.ndarray] = {}
+
+        def one(i: int) -> None:
+            results[i] = scheduler.run(runner, {"x": np.array([i], np.float32)}, 1)["y"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(results[i].tolist() == [2 * i] for i in range(8))
+        assert scheduler.stats()["largest_batch"] > 1
+    finally:
+        scheduler.stop()
+
+
+def test_tensor_proto_fast_paths_match_tensorflow():
+    from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
+
+    cases = [np.array([b"a", b"\xff"], dtype=object), np.array(["caf\u00e9", "x"]), np.ones((2, 64), np.int8),
+             np.arange(12, dtype=np.float32).reshape(3, 4).T, np.zeros((0, 3), np.float32),
+             np.array([True, False]), np.array([1.5], np.float16), [[1, 2]], 3.0]
+    for value in cases:
+        expected = tf.make_ndarray(tf.make_tensor_proto(value))
+        for got in (tf.make_ndarray(array_to_tensor_proto(value)), tensor_proto_to_array(tf.make_tensor_proto(value))):
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+    with pytest.raises(TypeError):
+        array_to_tensor_proto(np.array(["a", 1], dtype=object))
+
+
 def test_client_retries_while_unavailable(store, tmp_path):
     port = _free_port()
     with Client(f"127.0.0.1:{port}", "toy", retries=2, backoff=0.01) as c, pytest.raises(ServingError) as err:

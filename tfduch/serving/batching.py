@@ -38,6 +38,13 @@ class BatchingOptions:
     batch_timeout_micros: int = 1000
     num_batch_threads: int = os.cpu_count() or 2
     max_enqueued_batches: int = 100
+    # Count the timeout from when a batch thread became free too, not only from the oldest request's
+    # arrival (an extension, off by default = TF Serving's rule). Under a closed loop of N clients, the
+    # oldest queued request has always waited longer than the timeout by the time a thread is free, so
+    # TF Serving's rule runs whatever is queued and the clients settle into two half-size cohorts that
+    # alternate; waiting up to the timeout after each batch lets the clients just answered rejoin, and
+    # the batches stay full (a full batch still runs at once).
+    timeout_from_free: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1:
@@ -79,7 +86,14 @@ class BatchScheduler:
         self._queues: dict[tuple, _Queue] = {}
         self._queued_items = 0
         self._stopping = False
-        self._stats = {"batches": 0, "tasks": 0, "items": 0, "largest_batch": 0, "fallbacks": 0}
+        self._stats = {"batches": 0, "tasks": 0, "items": 0, "largest_batch": 0, "fallbacks": 0, "direct": 0}
+        # Lone-request fast path: once a key's last batch held a single request (its timeout brought no
+        # company), a request that finds the scheduler idle (nothing queued, nothing running) runs at once in
+        # its own thread. The first request that arrives while another runs queues again, so under concurrent
+        # load batches form exactly as before.
+        self._alone: dict[tuple, bool] = {}
+        self._running = 0
+        self._free_since = 0.0  # when a run last ended (timeout_from_free)
         self._threads = [threading.Thread(target=self._work, name=f"tfduch-batch-{i}", daemon=True)
                          for i in range(options.num_batch_threads)]
         for thread in self._threads:
@@ -97,13 +111,26 @@ class BatchScheduler:
             if self._queued_items + size > self.options.max_enqueued_batches * self.options.max_batch_size:
                 raise ServingError(StatusCode.UNAVAILABLE, (
                     "The batch scheduling queue to which this task was submitted is full"))
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = _Queue(runner)
-            queue.tasks.append(task)
-            queue.size += size
-            self._queued_items += size
-            self._cond.notify()
+            direct = self._running == 0 and not self._queues and self._alone.get(key, False)
+            if direct:  # nothing to batch with: run in this thread, no handoff and no timeout wait
+                self._running += 1
+                self._stats["direct"] += 1
+                self._count([task])
+            else:
+                queue = self._queues.get(key)
+                if queue is None:
+                    queue = self._queues[key] = _Queue(runner)
+                queue.tasks.append(task)
+                queue.size += size
+                self._queued_items += size
+                self._cond.notify()
+        if direct:
+            try:
+                return runner.run(inputs)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
         task.done.wait()
         if task.error is not None:
             raise task.error
@@ -129,7 +156,13 @@ class BatchScheduler:
             if batch is None:
                 return
             runner, tasks = batch
-            self._execute(runner, tasks)
+            try:
+                self._execute(runner, tasks)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._free_since = time.monotonic()
+                    self._cond.notify_all()
 
     def _next_batch(self) -> tuple[SignatureRunner, list[_Task]] | None:
         timeout = self.options.batch_timeout_micros / 1e6
@@ -138,9 +171,13 @@ class BatchScheduler:
             while True:
                 if self._stopping and not self._queues:
                     return None
+                if self._running >= self.options.num_batch_threads and not self._stopping:
+                    self._cond.wait()  # a lone request runs directly: at most num_batch_threads runs at once
+                    continue
                 now, wait = time.monotonic(), None
+                free_since = self._free_since if self.options.timeout_from_free else 0.0
                 for key, queue in self._queues.items():
-                    age = now - queue.tasks[0].enqueued
+                    age = now - max(queue.tasks[0].enqueued, free_since)
                     if queue.size >= limit or age >= timeout or self._stopping:
                         tasks, total = [], 0
                         while queue.tasks and total + queue.tasks[0].size <= limit:
@@ -151,19 +188,25 @@ class BatchScheduler:
                         self._queued_items -= total
                         if not queue.tasks:
                             del self._queues[key]
+                        self._running += 1
+                        self._alone[key] = len(tasks) == 1 and not queue.tasks
+                        self._count(tasks)
                         return queue.runner, tasks
                     remaining = timeout - age
                     wait = remaining if wait is None else min(wait, remaining)
                 self._cond.wait(wait)
 
+    def _count(self, tasks: list[_Task]) -> None:
+        """Statistics of one batch about to run (called with the lock held)."""
+        total = sum(t.size for t in tasks)
+        self._stats["batches"] += 1
+        self._stats["tasks"] += len(tasks)
+        self._stats["items"] += total
+        self._stats["largest_batch"] = max(self._stats["largest_batch"], total)
+
     def _execute(self, runner: SignatureRunner, tasks: list[_Task]) -> None:
         sizes = [t.size for t in tasks]
         total = sum(sizes)
-        with self._cond:
-            self._stats["batches"] += 1
-            self._stats["tasks"] += len(tasks)
-            self._stats["items"] += total
-            self._stats["largest_batch"] = max(self._stats["largest_batch"], total)
         if len(tasks) == 1:
             self._finish_alone(runner, tasks[0])
             return

@@ -80,6 +80,9 @@ def _register_serve(subparsers: Any) -> None:
                      help="longest a request waits for others to join its batch (default 1000)")
     bat.add_argument("--num_batch_threads", type=int, default=os.cpu_count() or 2,
                      help="batches run in parallel (default: CPU count)")
+    bat.add_argument("--batch_timeout_from_free", action="store_true",
+                     help="also count --batch_timeout_micros from when the batch thread became free (keeps "
+                          "batches full under a closed loop of clients; extension, off = TF Serving's rule)")
     bat.add_argument("--max_enqueued_batches", type=int, default=100,
                      help="queue bound in batches; beyond it requests get UNAVAILABLE (default 100)")
     lim = p.add_argument_group("request checks")
@@ -107,7 +110,7 @@ def serve_options(args: argparse.Namespace) -> Any:
         raise ConfigError("tfduch serve needs --model_base_path <base>/<model_name> or --model_config_file")
     try:
         batching = BatchingOptions(args.max_batch_size, args.batch_timeout_micros, args.num_batch_threads,
-                                   args.max_enqueued_batches)
+                                   args.max_enqueued_batches, args.batch_timeout_from_free)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if args.max_request_batch_size < 1:

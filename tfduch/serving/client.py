@@ -35,6 +35,7 @@ from tensorflow_serving.apis import (
 )
 
 from tfduch.serving import ServingError
+from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
 
 __all__ = ["Client", "ModelMetadata", "SignatureSpec", "DEFAULT_SIGNATURES", "CODES_OUTPUT", "METADATA_SIGNATURE",
            "METADATA_OUTPUT", "METADATA_FIELD", "as_decodable_image"]
@@ -186,10 +187,10 @@ class Client:
         request = predict_pb2.PredictRequest()
         self._spec(request, signature)
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            request.inputs[name].CopyFrom(array_to_tensor_proto(value))
         request.output_filter.extend(output_filter)
         response = self._call(self._predict.Predict, request)
-        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        return {name: tensor_proto_to_array(proto) for name, proto in response.outputs.items()}
 
     # -- encoding --------------------------------------------------------------------------------
     def _encode(self, kind: str, items: Any, count: int) -> np.ndarray:

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -31,6 +30,7 @@ from tensorflow_serving.apis import (
 from tfduch.serving import ServingError, StatusCode
 from tfduch.serving.batching import BatchingOptions, BatchScheduler
 from tfduch.serving.models import ModelManager, ModelSource, RequestLimits, Servable, SignatureRunner
+from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
 
 __all__ = ["ServerOptions", "ServingCore", "ModelServer", "PredictionServicer", "ModelServicer", "model_metadata",
            "model_status", "single_model_options"]
@@ -114,7 +114,7 @@ def _abort(context: grpc.ServicerContext, exc: ServingError) -> None:
 
 def tensor_to_array(name: str, proto: Any) -> np.ndarray:
     try:
-        return tf.make_ndarray(proto)
+        return tensor_proto_to_array(proto)
     except Exception as exc:  # noqa: BLE001 - any malformed TensorProto is the caller's fault
         raise ServingError(StatusCode.INVALID_ARGUMENT, f"input '{name}' is not a valid TensorProto: {exc}") from None
 
@@ -139,7 +139,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature
         for name, value in outputs.items():
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[name].CopyFrom(array_to_tensor_proto(value))
         return response
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
