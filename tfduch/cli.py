@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "tfduch.index.cli",
     "tfduch.web.cli",
     "tfduch.export.cli",
+    "tfduch.archive.cli",
 ]
 
 EPILOG = f"""\
@@ -54,6 +55,12 @@ def _common(p: argparse.ArgumentParser, with_output: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _strategy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+                   help="tf.distribute strategy (train.strategy): mirrored = the GPUs of this host, multiworker = "
+                   "the machines in TF_CONFIG; see docs/scale.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfduch",
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "split, evaluate mAP@K in all four directions and print the table beside the "
                        "classical baselines (CCA+ITQ, ridge+PCA+ITQ) computed on the same features.")
     _common(p)
+    _strategy(p)
     p.add_argument("--no-baselines", action="store_true", help="skip the classical baseline rows")
     p.set_defaults(func=lambda a: cmd_train(a, baselines=not a.no_baselines))
 
@@ -79,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train on the protocol split; checkpoints every epoch into OUTPUT/checkpoints "
                        "and resumes from the last one when re-run with the same --output.")
     _common(p)
+    _strategy(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run (mAP@K, P@K, PR curves)",
@@ -96,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(getattr(args, "overrides", []) or [])
     mapping = {"data": "data.root", "output": "output_dir", "bits": "model.bits", "epochs": "train.epochs",
-               "seed": "train.seed", "split_seed": "data.split_seed", "cache_dir": "features.cache_dir"}
+               "seed": "train.seed", "split_seed": "data.split_seed", "cache_dir": "features.cache_dir",
+               "strategy": "train.strategy"}
     for attr, key in mapping.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -137,8 +147,10 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace, baselines: bool = False) -> int:
     from tfduch.pipeline import prepare, retrieval_features, train_and_evaluate, training_features
+    from tfduch.training.distribute import make_strategy
 
     cfg = config_from_args(args)
+    make_strategy(cfg.train.strategy)  # first: a multi-worker cluster must be set up before any other TF op
     if args.quiet:
         cfg.train.verbose = "2"
     prep = prepare(cfg, progress=not args.quiet)

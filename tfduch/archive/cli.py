@@ -1,0 +1,112 @@
+"""``tfduch encode-archive``: encode an image archive into code shards with an Apache Beam pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tfduch.errors import TfduchError
+
+INSTALL_HINT = 'encode-archive needs Apache Beam: pip install "tfduch[beam]" (or pip install "apache-beam==2.77.0")'
+
+EPILOG = """\
+examples:
+  tfduch encode-archive --input 'archive/**/*.tif' --export exports/duch --out shards/
+  tfduch encode-archive --input 'data/ucm/images/*.webp' --captions data/ucm/captions.json \\
+      --run runs/duch --out shards/ --num-workers 2 --shard-size 500
+  tfduch encode-archive --input 'gs://bucket/tiles/*.png' --export /models/duch --out gs://bucket/shards \\
+      --runner DataflowRunner -- --project=P --region=europe-west1 --temp_location=gs://bucket/tmp \\
+      --sdk_container_image=IMAGE          (see docs/scale.md, "Archive encoding on Beam")
+
+The sorted file list is cut into shards (--shards N, or ceil(files / --shard-size)); each shard becomes
+OUT/codes-SSSSS-of-NNNNN.npz (packed codes, paths, JSON payloads) plus dead-letter-SSSSS-of-NNNNN.jsonl
+(unreadable, empty, corrupt or non-image files with the reason), written atomically; OUT/manifest.json
+records the model, the inputs and the totals. Re-running the same command skips finished shards, so a
+killed job resumes; another model or another file list in the same OUT is refused. The shards feed
+`tfduch index build --from-shards OUT`.
+
+Beam pipeline options go after `--` (or as --pipeline-option KEY=VALUE) and override ours; the default
+is the DirectRunner in multi_processing mode with --num-workers processes.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "encode-archive", help="encode an image archive (glob) into code shards with Apache Beam (resumable)",
+        description="Read every image matching --input through Beam's FileSystems (local, gs://, s3://, "
+        "hdfs://), encode it with a trained run or an export via RunInference, and write sharded code files "
+        "that the index ingests. Bad files go to dead-letter files and never stop the job.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", "-i", action="append", required=True, metavar="GLOB",
+                   help="file glob (quote it; repeatable), e.g. 'archive/*/*.tif' or 'gs://bucket/tiles/*.png'; "
+                   "a file in a sub-folder of the glob's fixed part gets that sub-folder's name as its class")
+    p.add_argument("--out", required=True, help="output folder for manifest.json and the shard files")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", help="trained run folder (tfduch train)")
+    model.add_argument("--export", help="exported SavedModel: base, model or version folder (tfduch export)")
+    p.add_argument("--captions", metavar="JSON",
+                   help="Karpathy captions JSON: class and captions of each file, matched by file name")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--shards", type=int, help="number of shards N (default: ceil(files / --shard-size))")
+    size.add_argument("--shard-size", type=int, default=1000, help="files per shard (default 1000)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per RunInference batch (default 32)")
+    p.add_argument("--runner", default="DirectRunner",
+                   help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, SparkRunner, ...")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="DirectRunner worker processes (default 1); other runners take their own flags after --")
+    p.add_argument("--direct-mode", default="multi_processing", choices=("multi_processing", "multi_threading",
+                                                                          "in_memory"),
+                   help="DirectRunner running mode (default multi_processing)")
+    p.add_argument("--threads-per-worker", type=int, metavar="N",
+                   help="TensorFlow intra-op threads in each worker (default: TensorFlow's choice)")
+    p.add_argument("--pipeline-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Beam pipeline option, e.g. --pipeline-option project=P (repeatable)")
+    p.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between progress lines (default 10)")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("beam_args", nargs="*", metavar="-- BEAM_FLAGS",
+                   help="everything after -- is passed to Beam unchanged (e.g. -- --project=P --region=R)")
+    p.set_defaults(func=cmd_encode_archive)
+
+
+def _beam_flags(args: argparse.Namespace) -> list[str]:
+    flags = []
+    for option in args.pipeline_option:
+        key, sep, value = option.partition("=")
+        if not sep or not key.strip("-"):
+            raise TfduchError(f"--pipeline-option wants KEY=VALUE, got {option!r}")
+        flags.append(f"--{key.lstrip('-')}={value}")
+    return flags + list(args.beam_args)
+
+
+def cmd_encode_archive(args: argparse.Namespace) -> int:
+    try:
+        from tfduch.archive import beam as archive_beam
+    except ImportError as exc:
+        if "apache_beam" not in str(exc):
+            raise
+        raise TfduchError(INSTALL_HINT) from None
+    for flag in ("shards", "shard_size", "batch_size", "num_workers", "threads_per_worker"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise TfduchError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    import logging
+
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # Beam's INFO lines would drown the progress
+    options = archive_beam.pipeline_options(args.runner, args.num_workers, args.direct_mode, _beam_flags(args))
+    spec = archive_beam.EncoderSpec(run=args.run, export=args.export, threads=args.threads_per_worker)
+    result = archive_beam.encode_archive(
+        args.input, args.out, spec, shards=args.shards, shard_size=args.shard_size, batch_size=args.batch_size,
+        captions=args.captions, options=options, progress_interval=args.progress_interval)
+    summary = {"out": result.folder, "shards": result.num_shards, "written": len(result.written),
+               "skipped": len(result.skipped), "items": result.items, "dead_letters": result.dead,
+               "seconds": round(result.seconds, 2), "items_per_second": round(result.items_per_second, 2),
+               "dead_letter_reasons": result.manifest.get("dead_letter_reasons", {})}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"done: {result.items} items encoded in {result.num_shards} shards ({len(result.written)} written "
+              f"now, {len(result.skipped)} already done) in {result.seconds:.1f} s "
+              f"({result.items_per_second:.1f} items/s); {result.dead} dead letters"
+              + (f" {summary['dead_letter_reasons']}" if result.dead else "") + f" → {result.folder}")
+    return 0
