@@ -21,7 +21,8 @@ from tfduch.errors import DataError
 from tfduch.index.encoders import QueryEncoder
 from tfduch.index.store import ArchiveIndex
 
-__all__ = ["IMAGE_SUFFIXES", "SPLIT_PARTS", "SourceItem", "add_items", "collect_items"]
+__all__ = ["IMAGE_SUFFIXES", "SPLIT_PARTS", "SourceItem", "add_encoded", "add_items", "collect_items",
+           "encode_captions"]
 
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
 SPLIT_PARTS = ("all", "train", "query", "database")
@@ -31,7 +32,7 @@ SPLIT_PARTS = ("all", "train", "query", "database")
 class SourceItem:
     """One image to index, with its class (if known) and captions (possibly none)."""
 
-    path: Path
+    path: Path | str  # str: a location that is not a local file path (e.g. gs://...), kept as given
     classname: str | None = None
     captions: tuple[str, ...] = ()
 
@@ -95,17 +96,34 @@ def add_items(index: ArchiveIndex, encoder: QueryEncoder, items: Sequence[Source
     """
     paths = [it.path for it in items]
     image_codes = _encode_in_batches(encoder.encode_images, paths, batch_size, "Encoding images", progress, "img")
-    texts = [(i, c) for i, it in enumerate(items) for c in it.captions]
-    text_codes = _encode_in_batches(encoder.encode_texts, [c for _, c in texts], 4 * batch_size,
-                                    "Encoding captions", progress, "cap")
     bits = index.bits
     image_codes = np.concatenate(image_codes) if image_codes else np.zeros((0, bits), np.int8)
+    return add_encoded(index, items, image_codes, encode_captions(encoder, items, 4 * batch_size, progress))
+
+
+def encode_captions(encoder: QueryEncoder, items: Sequence[SourceItem], batch_size: int, progress: bool
+                    ) -> np.ndarray | None:
+    """Codes of every caption of ``items``, in item order (None when there are none)."""
+    captions = [c for it in items for c in it.captions]
+    if not captions:
+        return None
+    return np.concatenate(_encode_in_batches(encoder.encode_texts, captions, batch_size, "Encoding captions",
+                                             progress, "cap"))
+
+
+def add_encoded(index: ArchiveIndex, items: Sequence[SourceItem], image_codes: np.ndarray,
+                caption_codes: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Add already encoded items (image codes, and the codes of all their captions in order, or None).
+
+    The one place that decides what an image or caption payload holds, whether the codes were just
+    encoded (``add_items``) or come from an ``encode-archive`` output (:mod:`tfduch.index.from_shards`).
+    """
     image_ids = index.add("image", image_codes, [_image_payload(it) for it in items])
     out = {"image": image_ids}
-    if texts:
-        text_payloads = [{"caption": c, "image_id": int(image_ids[i]), "path": str(items[i].path),
-                          "class": items[i].classname} for i, c in texts]
-        out["text"] = index.add("text", np.concatenate(text_codes), text_payloads)
+    if caption_codes is not None:
+        text_payloads = [{"caption": c, "image_id": int(image_ids[i]), "path": str(it.path), "class": it.classname}
+                         for i, it in enumerate(items) for c in it.captions]
+        out["text"] = index.add("text", caption_codes, text_payloads)
     return out
 
 

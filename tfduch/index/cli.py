@@ -19,6 +19,8 @@ examples:
   tfduch index add --index ucm.tfidx --images /archive/new_tiles
   tfduch index remove --index ucm.tfidx --ids 17 42
   tfduch index info --index ucm.tfidx
+  tfduch index build --from-shards codes/ --out archive.tfidx                       # encode-archive output
+  tfduch index build --from-shards codes/ --index-shards 4 --out archive.tfidx      # 4 shards, in parallel
 
 An index file holds two collections: "image" (one item per image) and "text" (one item per caption,
 when the source has captions). It records the code length and the id of the model that encoded it and
@@ -45,8 +47,8 @@ def _model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--export", type=Path, help="exported SavedModel (tfduch export): base, model or version folder")
 
 
-def _source_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", required=True, type=Path,
+def _source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--images", required=required, type=Path,
                    help="dataset folder (captions.json + images/: images and captions are indexed) or a folder of "
                         "images (searched recursively; the sub-folder name is the class)")
     p.add_argument("--captions", type=Path, help="Karpathy-format caption JSON for the images in --images")
@@ -112,6 +114,17 @@ def print_hits(hits: list[Any], title: str) -> None:
               f"{_cell(text, 100)}")
 
 
+def _writable(path: Path) -> Any:
+    """A single index to update; a shard set is refused up front (it is rebuilt, not edited)."""
+    from tfduch.index.sharded import is_shard_set
+    from tfduch.index.store import load_index
+
+    if is_shard_set(path):
+        raise TfduchError(f"{path} is a shard set (tfduch index build --index-shards): it is read-only; rebuild it "
+                          "with tfduch index build --from-shards ... --overwrite")
+    return load_index(path)
+
+
 # ------------------------------------------------------------------------------------------ commands
 def cmd_build(args: argparse.Namespace) -> int:
     from tfduch.index.build import add_items, collect_items
@@ -119,6 +132,15 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.overwrite:
         raise TfduchError(f"{args.out} exists: pass --overwrite to replace it (or use `tfduch index add`)")
+    if (args.images is None) == (args.from_shards is None):
+        raise TfduchError("give one source: --images (files to encode) or --from-shards (a tfduch encode-archive "
+                          "output folder)")
+    if args.from_shards is not None:
+        return _build_from_shards(args)
+    if args.index_shards != 1:
+        raise TfduchError("--index-shards needs --from-shards (encode the archive with tfduch encode-archive first)")
+    if args.run is None and args.export is None:
+        raise TfduchError("--images needs the model that encodes them: pass --run RUN_DIR or --export DIR")
     items = collect_items(args.images, args.captions, args.split, _split_file(args))
     encoder = _encoder(args)
     index = ArchiveIndex.create(encoder.metadata["bits"], encoder.metadata, args.backend,
@@ -130,11 +152,26 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_from_shards(args: argparse.Namespace) -> int:
+    from tfduch.index.from_shards import build_from_shards
+
+    spec = {"run": str(args.run)} if args.run is not None else {"export": str(args.export)} if args.export else None
+    result = build_from_shards(args.from_shards, args.out, index_shards=args.index_shards, workers=args.workers,
+                               encoder_spec=spec, backend=args.backend, backend_params=_backend_params(args.param),
+                               batch_size=args.batch_size)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    counts = ", ".join(f"{n} {k} items" for k, n in result.count.items())
+    what = f"a set of {result.num_shards} index shards" if result.num_shards > 1 else "one index"
+    print(f"indexed {counts} from {args.from_shards} into {what} (backend {args.backend}, model {result.model_id}) "
+          f"→ {result.path}")
+    return 0
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     from tfduch.index.build import add_items, collect_items
-    from tfduch.index.store import load_index
 
-    index = load_index(args.index)
+    index = _writable(args.index)
     encoder = _encoder(args, index.metadata.get("model"))
     index.check_compatible(encoder.metadata)
     items = collect_items(args.images, args.captions, args.split, _split_file(args))
@@ -147,9 +184,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from tfduch.index.store import load_index
-
-    index = load_index(args.index)
+    index = _writable(args.index)
     removed = {args.collection: index.remove(args.collection, args.ids)}
     if args.collection == "image" and not args.keep_captions and "text" in index.collections:
         texts = index.collection("text")
@@ -167,15 +202,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from tfduch.index.store import load_index
+    from tfduch.index.sharded import open_index
 
-    info = load_index(args.index, verify=True).info()
+    info = open_index(args.index, verify=True).info()
     if args.json:
         _print_json(info)
         return 0
     model = info.get("model") or {}
     source = model.get("source") or {}
-    print(f"index      {args.index}  ({info.get('file', {}).get('bytes', 0) / 1e6:.2f} MB, checksum verified)")
+    shard_set = info.get("shard_set")
+    kind = f", a set of {shard_set['num_shards']} shards" if shard_set else ""
+    print(f"index      {args.index}  ({info.get('file', {}).get('bytes', 0) / 1e6:.2f} MB{kind}, checksum verified)")
     print(f"codes      {info['bits']} bits, model {info.get('model_id')} ({model.get('method')}, "
           f"{source.get('kind')} {source.get('path')})")
     print(f"created    {info.get('created_at')}   updated {info.get('updated_at') or '-'}")
@@ -184,6 +221,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v}" for k, v in backend.items() if k not in ("name", "bits"))
         print(f"{name:<10} {coll['count']} items ({coll['removed']} removed, awaiting compaction), "
               f"backend {backend['name']}{f' ({params})' if params else ''}")
+    for entry in (shard_set or {}).get("shards", []):
+        ranges = "  ".join(f"{name} ids {a}..{b - 1} ({b - a})" if b > a else f"{name} -"
+                           for name, (a, b) in entry["ids"].items())
+        print(f"shard      {entry['file']}  {entry['bytes'] / 1e6:.2f} MB  {ranges}")
     return 0
 
 
@@ -200,7 +241,7 @@ def _parse_codes(hexes: list[str], bits: int) -> np.ndarray:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from tfduch.index.searcher import Searcher
-    from tfduch.index.store import load_index
+    from tfduch.index.sharded import open_index
 
     texts = list(args.query)
     if args.queries is not None:
@@ -209,7 +250,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     kinds = sum(bool(x) for x in (texts, args.image, args.code))
     if kinds != 1:
         raise TfduchError("give one kind of query: text (QUERY / --queries), --image PATH, or --code HEX")
-    index = load_index(args.index)
+    index = open_index(args.index)
     target = args.target
     index.collection(target).check_k(args.k)
     if args.code:
@@ -244,8 +285,17 @@ def register(subparsers: Any) -> None:
                        description="Encode every image (and caption) with a trained run or an export and write a "
                        "new index file atomically. An existing file is replaced only with --overwrite.",
                        epilog=INDEX_EPILOG, formatter_class=fmt)
-    _model_args(b, required=True)
-    _source_args(b)
+    _model_args(b)
+    _source_args(b, required=False)
+    b.add_argument("--from-shards", type=Path, metavar="DIR",
+                   help="index a tfduch encode-archive output folder (manifest.json + codes-*.npz) instead of "
+                        "--images: its codes need no model; --run/--export (the archive's model) also indexes the "
+                        "captions in its payloads")
+    b.add_argument("--index-shards", type=int, default=1, metavar="N",
+                   help="with --from-shards: write N index shards (built in parallel) and a shard-set manifest at "
+                        "--out; tfduch search opens it like one index (default 1: one index file)")
+    b.add_argument("--workers", type=int, metavar="N",
+                   help="processes building the index shards (default: one per shard, at most the CPU count)")
     b.add_argument("--out", required=True, type=Path, help="index file to write (e.g. archive.tfidx)")
     b.add_argument("--backend", default="flat", choices=("flat", "mih", "hnsw", "ivf"),
                    help="search structure: flat = exact scan (default); ivf = approximate, >10x faster on "
@@ -285,7 +335,8 @@ def register(subparsers: Any) -> None:
                               "distance, class, path or caption) per query, or JSON with --json.",
                               epilog=SEARCH_EPILOG, formatter_class=fmt)
     s.add_argument("query", nargs="*", help="caption(s) to search for")
-    s.add_argument("--index", required=True, type=Path, help="index file (tfduch index build)")
+    s.add_argument("--index", required=True, type=Path,
+                   help="index file or shard set (tfduch index build); a shard set is searched in parallel")
     s.add_argument("-k", type=int, default=20, help="results per query (default 20; at most the collection size)")
     s.add_argument("--image", action="append", default=[], metavar="PATH", help="query image file (repeatable)")
     s.add_argument("--code", action="append", default=[], metavar="HEX", help="packed query code in hex (repeatable)")

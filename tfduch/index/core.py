@@ -9,7 +9,7 @@ searches skip until :meth:`HammingIndex.compact` rebuilds the structure (graph /
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from tfduch.index.backends import Backend, make_backend
 from tfduch.index.errors import SearchError
 from tfduch.index.payload import PayloadStore
 
-__all__ = ["Hit", "HammingIndex", "as_packed"]
+__all__ = ["Hit", "HammingIndex", "as_packed", "check_k", "hits_from"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,31 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "id": self.id, "distance": self.distance, **self.payload}
+
+
+def check_k(k: int, n: int) -> int:
+    """Validate ``k`` against a collection of ``n`` live items (one message for every kind of index)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise SearchError(f"k must be an integer, got {k!r}")
+    if n == 0:
+        raise SearchError("the collection is empty: add items before searching")
+    if k < 1:
+        raise SearchError(f"k must be >= 1, got {k}")
+    if k > n:
+        raise SearchError(f"k={k} is larger than the collection ({n} items); ask for k <= {n}")
+    return int(k)
+
+
+def hits_from(ids: np.ndarray, dist: np.ndarray, payloads_of: Callable[[np.ndarray], list[dict[str, Any]]]
+              ) -> list[list[Hit]]:
+    """One list of :class:`Hit` per query row of ``(ids, dist)``; id -1 (an empty slot) is dropped."""
+    out = []
+    for row_ids, row_dist in zip(ids, dist, strict=True):
+        valid = row_ids >= 0
+        payloads = payloads_of(row_ids[valid])
+        out.append([Hit(rank=r + 1, id=int(i), distance=int(d), payload=p)
+                    for r, (i, d, p) in enumerate(zip(row_ids[valid], row_dist[valid], payloads, strict=True))])
+    return out
 
 
 def as_packed(codes: np.ndarray, bits: int, name: str = "codes") -> np.ndarray:
@@ -151,16 +176,7 @@ class HammingIndex:
     # ----------------------------------------------------------------------------------------- search
     def check_k(self, k: int) -> int:
         """Validate ``k`` against the collection; a :class:`SearchError` says what is wrong."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise SearchError(f"k must be an integer, got {k!r}")
-        n = len(self)
-        if n == 0:
-            raise SearchError("the collection is empty: add items before searching")
-        if k < 1:
-            raise SearchError(f"k must be >= 1, got {k}")
-        if k > n:
-            raise SearchError(f"k={k} is larger than the collection ({n} items); ask for k <= {n}")
-        return int(k)
+        return check_k(k, len(self))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids int64 [Q, k], distances int32 [Q, k])`` of the k nearest items, ties by id.
@@ -180,13 +196,11 @@ class HammingIndex:
     def search_hits(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Like :meth:`search`, with each result's payload (one list of :class:`Hit` per query)."""
         ids, dist = self.search(queries, k)
-        out = []
-        for row_ids, row_dist in zip(ids, dist, strict=True):
-            valid = row_ids >= 0
-            rows = np.searchsorted(self.ids, row_ids[valid])
-            out.append([Hit(rank=r + 1, id=int(i), distance=int(d), payload=self.payloads[int(p)])
-                        for r, (i, d, p) in enumerate(zip(row_ids[valid], row_dist[valid], rows, strict=True))])
-        return out
+        return hits_from(ids, dist, self.payloads_of)
+
+    def payloads_of(self, ids: np.ndarray) -> list[dict[str, Any]]:
+        """Payloads of ids a search returned (live ids of this collection, not re-validated)."""
+        return [self.payloads[int(p)] for p in np.searchsorted(self.ids, ids)]
 
     def payload(self, item_id: int) -> dict[str, Any]:
         return self.payloads[int(self.positions([item_id])[0])]
