@@ -79,10 +79,11 @@ def test_exact_backends_match_brute_force_with_ties(backend: str, bits: int) -> 
 
 
 def test_uncertified_ties_are_filled_in_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no extra candidates faiss' choice among equal codes is not trusted: the tie scan decides."""
+    """Where faiss' heap order is not trusted (another faiss), the certificate + tie scan decide."""
     rng = np.random.default_rng(0)
     db = pack_codes(clustered(rng, 200_000, 64, centres=3, duplicates=True)[0])  # ~67k copies of each code
     q = pack_codes(pm1(rng, 4, 64))
+    monkeypatch.setattr(backends_module, "_TIES_BY_POSITION", False)
     calls = []
     real = backends_module._fill_ties
     monkeypatch.setattr(backends_module, "_fill_ties", lambda *a: calls.append(a[2]) or real(*a))
@@ -91,6 +92,19 @@ def test_uncertified_ties_are_filled_in_id_order(monkeypatch: pytest.MonkeyPatch
     ref_ids, ref_dist = brute_force(np.unpackbits(q, axis=1), np.unpackbits(db, axis=1), 25)
     np.testing.assert_array_equal(pos, ref_ids)
     np.testing.assert_array_equal(dist, ref_dist)
+
+
+def test_fast_path_is_exact_under_heavy_ties() -> None:
+    """The kernel asked for exactly k (this faiss passes the probe) gives the (distance, id) ranking."""
+    assert backends_module.heap_ties_by_position()
+    rng = np.random.default_rng(3)
+    db = pack_codes(clustered(rng, 50_000, 64, centres=4, duplicates=True)[0])
+    q = pack_codes(pm1(rng, 3, 64))
+    for k in (1, 20, 777):
+        dist, pos = exact_topk(db, q, k)
+        ref_ids, ref_dist = brute_force(np.unpackbits(q, axis=1), np.unpackbits(db, axis=1), k)
+        np.testing.assert_array_equal(pos, ref_ids)
+        np.testing.assert_array_equal(dist, ref_dist)
 
 
 def test_search_accepts_pm1_bits_and_packed_queries() -> None:

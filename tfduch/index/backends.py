@@ -6,8 +6,8 @@ addressing rows by position. Results are sorted by ``(distance, position)``; pos
 item ids (see :mod:`tfduch.index.core`), so ties are broken by id, as in :mod:`tfduch.eval`.
 
 * ``flat`` (default) — exact. faiss' heap scan (``hammings_knn_hc``) run in place on the stored, possibly
-  memory-mapped codes. 1M × 64 bits, one query: ~0.9× ``IndexBinaryFlat`` (the exact tie-breaking costs
-  the rest); 16 B per item (code + id).
+  memory-mapped codes, with exact (distance, id) tie-breaking at no extra cost (see "Exact ties");
+  16 B per item (code + id). ``bench/search_speed.py`` compares it with ``IndexBinaryFlat``.
 * ``mih`` — exact. Multi-index hashing (``IndexBinaryMultiHash``) with a scan fallback: 0.2× on random
   codes, ~1× on clustered codes; pays off only when most queries have k neighbours within a few bits
   (near-duplicate search). ~90 B per item.
@@ -18,10 +18,14 @@ item ids (see :mod:`tfduch.index.core`), so ties are broken by id, as in :mod:`t
 
 ``bench/search_speed.py`` measures the numbers behind this table; ``docs/index.md`` reports them.
 
-Exact ties. faiss returns *a* set of k nearest codes, but which of several codes at the k-th
-distance it keeps is an implementation detail. :func:`exact_topk` therefore asks for extra candidates
-and proves the answer: if the last candidate is farther than the k-th, every code at the k-th distance
-was seen and sorting the candidates by (distance, position) is the exact ranking; otherwise the
+Exact ties. faiss' heap kernel keeps *a* set of k nearest codes; which of several codes at the k-th
+distance it keeps is an implementation detail. Current faiss heaps order entries by (value, id) and the
+scan visits positions in increasing order, so the kernel asked for exactly k already returns the exact
+(distance, position) ranking; :func:`heap_ties_by_position` checks that on a small, heavily tied probe once
+per process, and :func:`exact_topk` then takes this fast path (the default backend's scan costs what
+``IndexBinaryFlat`` costs). Where the probe fails (another faiss), or rows are tombstoned, it asks for extra
+candidates and proves the answer: if the last candidate is farther than the k-th, every code at the k-th
+distance was seen and sorting the candidates by (distance, position) is the exact ranking; otherwise the
 missing tie codes are filled in by a position-ordered scan that stops as soon as it has enough.
 """
 
@@ -43,6 +47,7 @@ __all__ = [
     "IVFBackend",
     "MultiHashBackend",
     "exact_topk",
+    "heap_ties_by_position",
     "make_backend",
 ]
 
@@ -103,6 +108,31 @@ def _knn_hc(db: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndar
     return dist, pos  # this thread's buffers: overwritten by its next call, so consume them first
 
 
+_TIES_BY_POSITION: bool | None = None
+
+
+def heap_ties_by_position() -> bool:
+    """Whether faiss' heap kernel, asked for exactly k, returns the (distance, position) top-k.
+
+    Probed once per process on codes with many exact ties (rows of a few distinct codes in shuffled
+    order, several k): the fast path of :func:`exact_topk` is taken only where this faiss behaves so.
+    """
+    global _TIES_BY_POSITION
+    if _TIES_BY_POSITION is None:
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 256, (4, 8), dtype=np.uint8)
+        db = np.ascontiguousarray(base[rng.integers(0, 4, 3000)])
+        q = np.ascontiguousarray(base[:3] ^ np.uint8(1))
+        dist_all = hamming_distances_packed(q, db)
+        ok = True
+        for k in (1, 7, 64, 750, 2999):
+            expect = np.lexsort((np.broadcast_to(np.arange(len(db)), dist_all.shape), dist_all), axis=1)[:, :k]
+            dist, pos = _knn_hc(db, q, k)
+            ok = ok and np.array_equal(pos, expect) and np.array_equal(dist, np.take_along_axis(dist_all, expect, 1))
+        _TIES_BY_POSITION = bool(ok)
+    return _TIES_BY_POSITION
+
+
 def _fill_ties(codes: np.ndarray, query: np.ndarray, radius: int, need: int, removed: np.ndarray | None
                ) -> np.ndarray:
     """The ``need`` lowest live positions at exactly ``radius`` from ``query`` (scan in position order)."""
@@ -130,8 +160,11 @@ def exact_topk(codes: np.ndarray, queries: np.ndarray, k: int, removed: np.ndarr
     n = codes.shape[0]
     n_removed = int(removed.sum()) if removed is not None else 0
     q = _as_queries(queries, codes.shape[1])
-    kk = min(n, k + n_removed + max(k, margin))
     db = codes if codes.flags.c_contiguous and codes.dtype == np.uint8 else np.ascontiguousarray(codes, np.uint8)
+    if not n_removed and heap_ties_by_position():
+        dist, pos = _knn_hc(db, q, k)
+        return dist.copy(), pos.copy()  # the kernel's buffers are reused by this thread's next call
+    kk = min(n, k + n_removed + max(k, margin))
     dist, pos = _knn_hc(db, q, kk)
     if len(q) == 1 and not n_removed:
         # One query (interactive search): a Python sort of a few dozen pairs is cheaper than the numpy calls.
