@@ -212,6 +212,10 @@ def test_errors_hold_for_shard_sets(tmp_path: Path, capsys: pytest.CaptureFixtur
     (folder / "codes-00001-of-00002.npz").unlink()
     with pytest.raises(Exception, match=r"codes-00001-of-00002\.npz"):
         build_from_shards(folder, tmp_path / "z.tfidx", workers=1)
+    unfinished = write_archive(tmp_path / "unfinished", codes[:10], [10])
+    write_manifest(unfinished, {"bits": BITS, "model_id": "m-archive", "num_shards": 1, "status": "running"})
+    with pytest.raises(Exception, match="not finished .*running.* re-run"):
+        build_from_shards(unfinished, tmp_path / "z.tfidx", workers=1)
     with pytest.raises(Exception, match="cannot split 40 items into 41"):
         build_from_shards(write_archive(tmp_path / "small", codes[:40], [40]), tmp_path / "z.tfidx",
                           index_shards=41, workers=1)

@@ -153,6 +153,9 @@ def build_from_shards(folder: str | Path, out: str | Path, *, index_shards: int 
 
     folder, out = str(folder), Path(out)
     manifest = read_manifest(folder)
+    if manifest.get("status", "complete") != "complete":
+        raise DataError(f"archive {folder} is not finished (manifest status {manifest['status']!r}): re-run the "
+                        "same tfduch encode-archive command to complete it, then index it")
     model = archive_model(manifest, folder)
     num = int(manifest["num_shards"])
     files = [join(folder, shard_name(i, num)) for i in range(num)]

@@ -20,17 +20,18 @@ was replaced, damaged or lost is a clear :class:`IndexFileError` naming its file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tfduch.index.backends import _FAR, _sort_candidates
+from tfduch.index.backends import _FAR, _faiss, _sort_candidates
 from tfduch.index.core import HammingIndex, Hit, as_packed, check_k, hits_from
 from tfduch.index.errors import IndexFileError, SearchError
 from tfduch.index.store import MAGIC, ArchiveIndex, load_index
@@ -104,6 +105,19 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return parsed
 
 
+@contextlib.contextmanager
+def _one_omp_thread() -> Iterator[None]:
+    """faiss single-threaded in this thread while the shard threads run: the parallelism is across shards,
+    and OpenMP teams spinning beside the pool threads on the same cores cost ~50x (measured, 2 cores)."""
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 class ShardedCollection:
     """One collection over all shards: the search API of :class:`HammingIndex`, merged exactly."""
 
@@ -115,6 +129,7 @@ class ShardedCollection:
         self.bits = self.parts[0].bits
         self.backend = self.parts[0].backend
         self._pool = pool
+        self._threads = pool._max_workers + 1 if pool is not None else 1  # the pool's threads + the caller's
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
@@ -129,10 +144,18 @@ class ShardedCollection:
         q = as_packed(queries, self.bits, "query codes")
         live = [p for p in self.parts if len(p)]
 
-        def one(part: HammingIndex) -> tuple[np.ndarray, np.ndarray]:
-            return part.search(q, min(k, len(part)))
+        def some(parts: Sequence[HammingIndex]) -> list[tuple[np.ndarray, np.ndarray]]:
+            return [part.search(q, min(k, len(part))) for part in parts]
 
-        found = list(self._pool.map(one, live)) if self._pool is not None and len(live) > 1 else map(one, live)
+        # One group of shards per pool thread, the first searched by the calling thread: a query pays
+        # (threads - 1) hand-offs, not one per shard.
+        groups = [live[i :: self._threads] for i in range(min(self._threads, len(live)))]
+        if len(groups) == 1:
+            found = some(groups[0])
+        else:
+            futures = [self._pool.submit(some, g) for g in groups[1:]]  # type: ignore[union-attr]
+            with _one_omp_thread():
+                found = some(groups[0]) + [r for f in futures for r in f.result()]
         ids, dist = (np.concatenate(a, axis=1) for a in zip(*found, strict=True))
         dist = np.where(ids < 0, _FAR, dist)  # an approximate shard's empty slots sort last
         dist, ids = _sort_candidates(dist, ids, k)
@@ -168,7 +191,9 @@ class ShardedIndex(ArchiveIndex):
                  threads: int | None = None) -> None:
         threads = min(len(shards), os.cpu_count() or 1) if threads is None else threads
         self.shards = list(shards)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tfduch-shard") if threads > 1 else None
+        # threads - 1 pool threads: the calling thread searches one group of shards itself
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="tfduch-shard",
+                                        initializer=lambda: _faiss().omp_set_num_threads(1)) if threads > 1 else None
         entries = metadata["shards"]
         collections = {
             name: ShardedCollection(name, [s.collections[name] for s in self.shards],
