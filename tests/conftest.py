@@ -28,12 +28,17 @@ def ucm_root() -> Path:
 
 
 def clustered_features(n: int = 240, classes: int = 6, captions: int = 3, seed: int = 0,
-                       image_dim: int = 48, text_dim: int = 32, noise: float = 1.0):
-    """Paired features where image and text carry the class through different random linear maps."""
+                       image_dim: int = 48, text_dim: int = 32, noise: float = 1.0,
+                       labels: np.ndarray | None = None):
+    """Paired features where image and text carry the class through different random linear maps.
+
+    ``labels`` (``[n]``) fixes the classes, e.g. to give a synthetic dataset's items features.
+    """
     from tfduch.training.data import TrainingFeatures
 
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
+    drawn = rng.integers(0, classes, n)
+    labels = drawn if labels is None else np.asarray(labels)
     latent = rng.normal(size=(classes, 16))
     a = rng.normal(size=(16, image_dim))
     b = rng.normal(size=(16, text_dim))

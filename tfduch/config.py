@@ -104,6 +104,9 @@ class TrainConfig:
     checkpoint_every: int = 5
     tensorboard: bool = True
     verbose: str = "auto"  # keras fit verbosity: auto | 0 | 1 | 2
+    # tf.distribute strategy: default | mirrored (GPUs of one host) | multiworker (TF_CONFIG); docs/scale.md.
+    # batch_size stays the global batch, split across replicas.
+    strategy: str = "default"
 
 
 @dataclass
@@ -179,6 +182,8 @@ class Config:
             (self.train.epochs > 0, "train.epochs must be positive"),
             (self.train.batch_size > 1, "train.batch_size must be > 1 (contrastive loss needs negatives)"),
             (self.train.lr > 0, "train.lr must be positive"),
+            (self.train.strategy in ("default", "mirrored", "multiworker"),
+             "train.strategy must be default|mirrored|multiworker"),
             (0 < self.data.train_fraction < 1, "data.train_fraction must be in (0, 1)"),
             (0 < self.data.query_fraction < 1, "data.query_fraction must be in (0, 1)"),
             (self.features.image_aug_views >= 1, "features.image_aug_views must be >= 1"),

@@ -152,7 +152,8 @@ def load_trained(run_dir: str | Path) -> tuple[Config, CrossModalHasher, dict[st
     missing = [n for n in ("config.yaml", "model.json", "model.weights.h5") if not (run / n).is_file()]
     if missing:
         raise TfduchError(f"{run} is not a finished run folder: missing {', '.join(missing)}")
-    cfg = load_config(run / "config.yaml", [f"output_dir={run}"])
+    # Inference needs no cluster: a run trained with train.strategy=multiworker is loaded on this device.
+    cfg = load_config(run / "config.yaml", [f"output_dir={run}", "train.strategy=default"])
     meta = json.loads((run / "model.json").read_text())
     model = build_model(cfg, ModelShape(meta["image_dim"], meta["text_dim"], meta["num_train"]))
     model.load_weights(run / "model.weights.h5")
@@ -161,12 +162,19 @@ def load_trained(run_dir: str | Path) -> tuple[Config, CrossModalHasher, dict[st
 
 def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | None = None,
                        plots: bool | None = None) -> tuple[CrossModalHasher, RetrievalReport, dict[str, Any]]:
-    """Train the configured method on the split's training items and evaluate on query/database."""
+    """Train the configured method on the split's training items and evaluate on query/database.
+
+    Under a multi-worker strategy every worker trains and evaluates (the same codes), but only the chief writes
+    the run folder (config, weights, reports, summary).
+    """
+    from tfduch.training.distribute import is_chief, make_strategy
     from tfduch.training.trainer import train
 
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
+    chief = is_chief(make_strategy(cfg.train.strategy))
+    if chief:
+        cfg.save(out / "config.yaml")
     holder: dict[str, CrossModalHasher] = {}
 
     def periodic() -> dict[str, float]:
@@ -178,14 +186,16 @@ def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | No
     features = training_features(prepared, noise)
     holder["model"] = build_model(cfg, features)
     model, summary = train(cfg, features, out, evaluate=periodic, model=holder["model"])
+    codes = encode_retrieval_sets(model, prepared)
+    report = evaluate_codes(codes, cfg)
+    if not chief:
+        return model, report, summary
     save_model(model, cfg, prepared, out, summary)
     if noise is not None and hasattr(model, "score_pairs"):
         from tfduch.reports.noise import write_noise_report
 
         summary["noise"] = write_noise_report(model, features.image, features.text, noise, out,
                                               title=f"{cfg.model.method.upper()} p={cfg.noise.p:g}")
-    codes = encode_retrieval_sets(model, prepared)
-    report = evaluate_codes(codes, cfg)
     write_report(report, out, title=f"{cfg.model.method.upper()} {cfg.model.bits} bits on {prepared.dataset.name}",
                  plots=cfg.eval.plots if plots is None else plots)
     atomic_write_json(out / "summary.json", {**summary, "metrics": report.summary()})

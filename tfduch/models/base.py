@@ -18,6 +18,10 @@ from tfduch.models.heads import build_hash_head
 class CrossModalHasher(keras.Model):
     """Image head + text head mapping frozen encoder features to K continuous codes in (−1, 1)."""
 
+    # Whether train_step is correct with more than one replica (it gathers codes across them); the trainer
+    # refuses multi-replica training of a method that does not say so.
+    distributable = False
+
     def __init__(self, image_dim: int, text_dim: int, bits: int, hidden_dim: int = 4096, **kwargs: Any):
         super().__init__(**kwargs)
         self.image_dim = int(image_dim)
@@ -44,6 +48,20 @@ class CrossModalHasher(keras.Model):
         if "text" in inputs:
             out["text"] = self.text_head(inputs["text"], training=training)
         return out
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        """Keras' pre-``fit`` build under a strategy, from the dataset's element spec instead of its first batch.
+
+        Why: Keras 3.15 draws one batch and then restarts the iterator, so a dataset reshuffled every iteration (ours)
+        starts epoch 0 on its second order — distributed training would see other batches than single-worker
+        training; and its ``strategy.reduce`` of that batch fails on dict batches under a multi-worker strategy.
+        """
+        strategy = getattr(self, "_distribute_strategy", None)
+        adapter = getattr(iterator, "data_adapter", None)
+        if strategy is None or adapter is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with strategy.scope():
+            self._symbolic_build(data_batch=adapter.get_tf_dataset().element_spec)
 
     def encode(self, features: np.ndarray, modality: str, batch_size: int = 1024) -> np.ndarray:
         """Binary codes (int8 ±1, ``[N, K]``) for a feature matrix; sign(0) counts as +1."""

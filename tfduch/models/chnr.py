@@ -75,6 +75,8 @@ def fake_partners(labels: tf.Tensor, seed: keras.random.SeedGenerator) -> tuple[
 class CHNR(DUCH):
     """DUCH + a noise detector whose scores weight each pair's inter-modal term after the meta-learning phase."""
 
+    distributable = False  # the detector step and its score sums are per-replica: not checked under tf.distribute
+
     def __init__(self, image_dim: int, text_dim: int, bits: int, num_train: int, hidden_dim: int = 4096,
                  loss: dict[str, Any] | LossConfig | None = None, chnr: dict[str, Any] | CHNRConfig | None = None,
                  seed: int = 0, **kwargs: Any):

@@ -23,7 +23,7 @@ import tensorflow as tf
 from tfduch.losses.joint_semantics import djsrh_similarity
 from tfduch.losses.similarity import code_similarity_loss
 from tfduch.models.base import CrossModalHasher
-from tfduch.models.duch import _with_l2
+from tfduch.models.duch import _apply
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,7 @@ class DJSRH(CrossModalHasher):
             code_t = tf.tanh(alpha * head_logits(self.text_head, batch["text"], training=True))
             losses = self.similarity_losses(code_i, code_t, target)
         variables = self.hashing_variables
-        grads = _with_l2(tape.gradient(losses["loss"], variables), variables, self.weight_decay)
-        self.optimizer.apply(grads, variables)
+        _apply(self.optimizer, tape.gradient(losses["loss"], variables), variables, self.weight_decay)
         for name, value in losses.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}

@@ -28,12 +28,15 @@ from tfduch.losses import (
 from tfduch.models.base import CrossModalHasher
 from tfduch.models.heads import build_discriminator
 from tfduch.models.targets import CodeTargets
+from tfduch.training.distribute import gather_replicas, replica_scale, step_logs
 
 LOSS_NAMES = ("loss", "ntxent", "adversarial", "quantization", "bit_balance", "discriminator")
 
 
 class DUCH(CrossModalHasher):
     """Hashing heads + code discriminator + binary targets, trained with a custom ``train_step``."""
+
+    distributable = True  # train_step gathers codes across replicas (see tfduch.training.distribute)
 
     def __init__(self, image_dim: int, text_dim: int, bits: int, num_train: int, hidden_dim: int = 4096,
                  loss: dict[str, Any] | LossConfig | None = None, seed: int = 0, **kwargs: Any):
@@ -72,9 +75,7 @@ class DUCH(CrossModalHasher):
                 eps = keras.random.uniform(tf.shape(real), seed=self._noise)
                 total += discriminator_loss(d_real, d_fake)
                 total += cfg.gradient_penalty * gradient_penalty(self.discriminator, real, fake, eps)
-        grads = tape.gradient(total, d_vars)
-        grads = _with_l2(grads, d_vars, self.discriminator_weight_decay)
-        self.discriminator_optimizer.apply(grads, d_vars)
+        _apply(self.discriminator_optimizer, tape.gradient(total, d_vars), d_vars, self.discriminator_weight_decay)
         return total
 
     def contrastive(self, a: tf.Tensor, b: tf.Tensor, pair_weights: tf.Tensor | None = None) -> tf.Tensor:
@@ -135,11 +136,14 @@ class DUCH(CrossModalHasher):
         }
 
     def train_step(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """One step on the global batch: under a ``tf.distribute`` strategy each replica encodes its share, and
+        everything after the heads sees the gathered codes, so losses equal single-worker training's."""
         if self.loss_config.text_aug == "same":  # the reference's behaviour: the second text view is the caption
             batch = {**batch, "text_aug": batch["text"]}
+        local, batch = batch, gather_replicas(batch)
         logged = self.before_update(batch)
         with tf.GradientTape() as tape:
-            codes = self.view_codes(batch)
+            codes = gather_replicas(self.view_codes(local))
             d_loss = tf.constant(0.0)
             if self.trains_discriminator:
                 with tape.stop_recording():
@@ -147,14 +151,13 @@ class DUCH(CrossModalHasher):
                                                      [codes["text"], codes["text_aug"]])
             losses = self.objective(codes, batch)
         variables = self.hashing_variables
-        grads = _with_l2(tape.gradient(losses["loss"], variables), variables, self.weight_decay)
-        self.optimizer.apply(grads, variables)
+        _apply(self.optimizer, tape.gradient(losses["loss"], variables), variables, self.weight_decay)
         self.code_targets.record(batch["index"], codes)
         logged = {**losses, "discriminator": d_loss, **logged}
         for name, value in logged.items():
             self.trackers[name].update_state(value)
         self.after_update(batch, logged)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return step_logs({name: tracker.result() for name, tracker in self.trackers.items()})
 
     def get_config(self) -> dict[str, Any]:
         import dataclasses
@@ -163,7 +166,9 @@ class DUCH(CrossModalHasher):
                 "loss": dataclasses.asdict(self.loss_config)}
 
 
-def _with_l2(grads: list[tf.Tensor], variables: list[keras.Variable], decay: float) -> list[tf.Tensor]:
-    if not decay:
-        return grads
-    return [g + decay * tf.convert_to_tensor(v) for g, v in zip(grads, variables, strict=True)]
+def _apply(optimizer: keras.optimizers.Optimizer, grads: list[tf.Tensor], variables: list[keras.Variable],
+           decay: float) -> None:
+    """Add coupled L2 and apply; each replica's gradient of the (replicated) global loss counts 1/R of the sum."""
+    if decay:
+        grads = [g + decay * tf.convert_to_tensor(v) for g, v in zip(grads, variables, strict=True)]
+    optimizer.apply(replica_scale(grads), variables)

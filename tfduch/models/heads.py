@@ -6,13 +6,19 @@ Both are Keras functional models so they can be inspected, saved and exported on
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 
 def build_hash_head(input_dim: int, bits: int, hidden_dim: int = 4096, name: str = "hash_head") -> keras.Model:
-    """Hashing head: d → hidden → BatchNorm → ReLU → K → tanh (continuous codes in (−1, 1))."""
+    """Hashing head: d → hidden → BatchNorm → ReLU → K → tanh (continuous codes in (−1, 1)).
+
+    Built under a strategy with several replicas, BatchNorm synchronises its batch statistics across them: each
+    replica only sees its share of the batch, and single-worker training normalises over the global batch.
+    """
     inputs = keras.Input(shape=(input_dim,), name="features")
     x = keras.layers.Dense(hidden_dim, name="hidden")(inputs)
-    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="bn")(x)
+    synchronized = tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+    x = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, synchronized=synchronized, name="bn")(x)
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.Dense(bits, name="project")(x)
     outputs = keras.layers.Activation("tanh", name="codes")(x)

@@ -57,10 +57,15 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=max_to_keep)
 
-    def restore(self) -> int:
-        if self.manager.latest_checkpoint is None:
+    def restore(self, directory: str | Path | None = None) -> int:
+        """Restore the latest checkpoint of ``directory`` (default: this callback's own); returns its epoch.
+
+        Why another folder: a non-chief worker saves into a scratch folder but resumes from the chief's.
+        """
+        latest = self.manager.latest_checkpoint if directory is None else tf.train.latest_checkpoint(str(directory))
+        if latest is None:
             return 0
-        self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
+        self.checkpoint.restore(latest).expect_partial()
         return int(self.epoch.numpy())
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

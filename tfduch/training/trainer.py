@@ -17,10 +17,12 @@ import keras
 import tensorflow as tf
 
 from tfduch.config import Config
+from tfduch.errors import ConfigError
 from tfduch.models.base import CrossModalHasher
 from tfduch.models.duch import DUCH
 from tfduch.training.callbacks import CodeTargetUpdate, PeriodicEvaluation, ResumableCheckpoint, StepDecay
 from tfduch.training.data import TrainingFeatures, make_dataset
+from tfduch.training.distribute import discard_worker_dir, make_strategy, worker_dir
 
 ModelFactory = Callable[[Config, "ModelShape"], CrossModalHasher]
 
@@ -52,11 +54,26 @@ def register_method(name: str, factory: ModelFactory) -> None:
 
 
 def build_model(cfg: Config, data: TrainingFeatures | ModelShape) -> CrossModalHasher:
-    """Instantiate, build and compile the configured method with the reference optimizers."""
+    """Instantiate, build and compile the configured method with the reference optimizers.
+
+    Everything (heads, both optimizers, code targets, metrics) is created under ``train.strategy``'s scope, so
+    ``fit`` distributes it; a method whose ``train_step`` is not known to be correct on several replicas is refused.
+    """
     import tfduch.methods  # noqa: F401  (registers cach, djsrh, jdsh; lazy to avoid an import cycle)
     factory = METHODS.get(cfg.model.method)
     if factory is None:
         raise ValueError(f"unknown method {cfg.model.method!r}; known: {', '.join(sorted(METHODS))}")
+    strategy = make_strategy(cfg.train.strategy)
+    with strategy.scope():
+        model = _build_compiled(cfg, data, factory)
+    if strategy.num_replicas_in_sync > 1 and not model.distributable:
+        raise ConfigError(f"method {cfg.model.method!r} does not support training on "
+                          f"{strategy.num_replicas_in_sync} replicas (train.strategy={cfg.train.strategy}); "
+                          "use train.strategy=default")
+    return model
+
+
+def _build_compiled(cfg: Config, data: TrainingFeatures | ModelShape, factory: ModelFactory) -> CrossModalHasher:
     keras.utils.set_random_seed(cfg.train.seed)
     model = factory(cfg, data if isinstance(data, ModelShape) else ModelShape.of(data))
     t = cfg.train
@@ -80,7 +97,12 @@ def train(cfg: Config, features: TrainingFeatures, output_dir: str | Path,
           evaluate: Callable[[], dict[str, float]] | None = None,
           extra_callbacks: list[keras.callbacks.Callback] | None = None,
           model: CrossModalHasher | None = None) -> tuple[CrossModalHasher, dict[str, Any]]:
-    """Train (or resume training of) a model; returns it and a summary with the loss history and time."""
+    """Train (or resume training of) a model; returns it and a summary with the loss history and time.
+
+    Under a multi-worker strategy every worker calls this; only the chief's checkpoints and logs land in
+    ``output_dir`` (the others write to temporary folders, deleted at the end). Resuming reads ``output_dir``'s
+    checkpoints on every worker, so it needs that folder on storage all workers see.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model or build_model(cfg, features)
@@ -90,26 +112,35 @@ def train(cfg: Config, features: TrainingFeatures, output_dir: str | Path,
         StepDecay(cfg.train.lr, cfg.train.lr_decay_every, cfg.train.lr_decay_factor, cfg.train.min_lr),
     ]
     initial_epoch = 0
+    strategy = model.distribute_strategy
+    scratch: list[Path] = []  # non-chief workers' temporary folders
     if cfg.train.checkpoint:
-        ckpt = ResumableCheckpoint(out / "checkpoints", model, every=cfg.train.checkpoint_every)
-        initial_epoch = ckpt.restore()
+        ckpt_dir = worker_dir(out / "checkpoints", strategy)
+        scratch.append(ckpt_dir)
+        ckpt = ResumableCheckpoint(ckpt_dir, model, every=cfg.train.checkpoint_every)
+        initial_epoch = ckpt.restore(out / "checkpoints")
         callbacks.append(ckpt)
         if initial_epoch:
-            print(f"Resuming from {ckpt.manager.latest_checkpoint} (epoch {initial_epoch}/{cfg.train.epochs})")
+            print(f"Resuming from {out / 'checkpoints'} (epoch {initial_epoch}/{cfg.train.epochs})")
     if evaluate is not None and cfg.train.eval_every > 0:
         callbacks.append(PeriodicEvaluation(cfg.train.eval_every, evaluate))
     if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard"), write_graph=False))
+        scratch.append(worker_dir(out / "tensorboard", strategy))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(scratch[-1]), write_graph=False))
     callbacks.extend(extra_callbacks or [])
     verbose: Any = cfg.train.verbose
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
     history: dict[str, list[float]] = {}
-    if initial_epoch < cfg.train.epochs:
-        result = model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-                           verbose=int(verbose))
-        history = {k: [float(x) for x in v] for k, v in result.history.items()}
+    try:
+        if initial_epoch < cfg.train.epochs:
+            result = model.fit(dataset, epochs=cfg.train.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                               verbose=int(verbose))
+            history = {k: [float(x) for x in v] for k, v in result.history.items()}
+    finally:
+        for path in scratch:
+            discard_worker_dir(path, strategy)
     elapsed = time.perf_counter() - start
     return model, {"history": history, "train_seconds": elapsed, "initial_epoch": initial_epoch,
                    "epochs": cfg.train.epochs}
