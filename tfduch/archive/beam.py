@@ -234,7 +234,7 @@ def _labels(paths: Sequence[str], patterns: Sequence[str], captions: str | None
     classes: list[str | None] = []
     for path in paths:
         parent = path.rsplit("/", 1)[0]
-        root = next((r for r in roots if parent.startswith(r)), None)
+        root = next((r for r in roots if parent == r or parent.startswith(r + "/")), None)
         classes.append(parent.rsplit("/", 1)[-1] if root is not None and parent != root else None)
     texts: list[tuple[str, ...]] = [() for _ in paths]
     if captions:
