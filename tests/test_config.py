@@ -63,3 +63,10 @@ def test_missing_data_root_explains_how_to_set_it(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("TFDUCH_DATA", raising=False)
     with pytest.raises(ConfigError, match="--data"):
         Config().data_root()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path) -> None:
+    """A config in configs/ with a typo'd key or a bad value fails here, not in a user's 100-epoch run."""
+    cfg = load_config(path)
+    assert cfg.model.bits > 0
