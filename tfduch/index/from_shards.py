@@ -81,10 +81,12 @@ def _items(path: str) -> int:
     return int(read_shard_meta(path)["items"])
 
 
-def _captions(path: str) -> list[int]:
+def _items_and_captions(path: str) -> tuple[int, int]:
+    """Items and captions of one archive file, in one read (the payloads are parsed only when captions count)."""
     from tfduch.archive.shards import read_shard
 
-    return [len(p.get("captions") or ()) for p in read_shard(path)[2]]
+    codes, _, payloads = read_shard(path)
+    return len(codes), sum(len(p.get("captions") or ()) for p in payloads)
 
 
 def _check_encoder(encoder: QueryEncoder, model: dict[str, Any], folder: str) -> None:
@@ -173,13 +175,16 @@ def build_from_shards(folder: str | Path, out: str | Path, *, index_shards: int 
     if (encoder is not None or encoder_spec is not None) and not model.get("source"):
         model["source"] = dict(encoder.metadata.get("source") or {}) if encoder is not None else \
             {"kind": next(iter(encoder_spec)), "path": str(Path(next(iter(encoder_spec.values()))).resolve())}
-    counts = _pool_map(_items, files, workers)
+    if with_text:
+        pairs = _pool_map(_items_and_captions, files, workers)
+        counts, captions = [n for n, _ in pairs], [c for _, c in pairs]
+    else:
+        counts, captions = _pool_map(_items, files, workers), [0] * num
     total = sum(counts)
     if total == 0:
         raise DataError(f"archive {folder} holds no items (all inputs went to the dead letters?)")
     if not 1 <= index_shards <= total:
         raise DataError(f"cannot split {total} items into {index_shards} index shards: ask for 1..{total}")
-    captions = [sum(c) for c in _pool_map(_captions, files, workers)] if with_text else [0] * num
     first = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     first_caption = np.concatenate([[0], np.cumsum(captions)]).astype(int)
     bounds = [total * j // index_shards for j in range(index_shards + 1)]
