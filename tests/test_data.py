@@ -279,14 +279,59 @@ def test_fingerprint_tracks_inputs(synth_copy: Path) -> None:
 
 
 def test_split_sizes_ucm() -> None:
-    assert split_sizes(2100) == (1050, 210, 840)
-    assert split_sizes(24) == (12, 2, 10)
-    assert split_sizes(5) == (3, 0, 2)  # half-up rounding: 2.5 → 3, 0.4 → 0
+    for method in ("reference", "numpy"):
+        assert split_sizes(2100, method=method) == (1050, 210, 840)
+        assert split_sizes(24, method=method) == (12, 2, 10)
+    assert split_sizes(5, method="numpy") == (3, 0, 2)  # half-up rounding: 2.5 → 3, 0.4 → 0
+    assert split_sizes(5) == (2, 0, 3)  # the reference truncates: int(2.5) = 2, int(0.6) = 0
+
+
+def test_reference_split_is_the_duch_reference_draw() -> None:
+    """Default method: the image sets the DUCH reference code draws (random.seed; two sorted samples)."""
+    import random
+
+    ds = _fake_dataset(2100)
+    s = make_split(ds, seed=42)
+    assert s.method == "reference"
+    state = random.getstate()
+    random.seed(42)  # written out as in the reference's get_split_idxs / split_indexes
+    idx_all = list(range(2100))
+    idx_train = sorted(random.sample(idx_all, int(2100 * 0.5)))
+    idx_eval = sorted(set(idx_all).difference(idx_train))
+    idx_query = sorted(random.sample(idx_eval, int(len(idx_eval) * 0.2)))
+    idx_db = sorted(set(idx_eval).difference(idx_query))
+    random.setstate(state)
+    np.testing.assert_array_equal(s.train, idx_train)
+    np.testing.assert_array_equal(s.query, idx_query)
+    np.testing.assert_array_equal(s.database, idx_db)
+    # drawing leaves Python's global generator alone
+    random.seed(1)
+    before = random.random()
+    random.seed(1)
+    make_split(ds, seed=42)
+    assert random.random() == before
+    # the caption draw is the same for both methods
+    np.testing.assert_array_equal(s.caption_choice, make_split(ds, seed=42, method="numpy").caption_choice)
+    with pytest.raises(ValueError, match="split method"):
+        make_split(ds, method="sklearn")
+
+
+def test_split_file_of_another_method_is_refused(tmp_path: Path, synth_root: Path) -> None:
+    ds = load_dataset(synth_root)
+    path = tmp_path / "split.json"
+    old = load_or_make_split(ds, path, seed=42, method="numpy")
+    assert "method" not in json.loads(path.read_text())  # numpy files keep the pre-method format and digest
+    assert ProtocolSplit.load(path).method == "numpy" and ProtocolSplit.load(path).digest() == old.digest()
+    with pytest.raises(DataError, match="split method 'numpy'.*data.split_method"):
+        load_or_make_split(ds, path, seed=42)
+    path.unlink()
+    new = load_or_make_split(ds, path, seed=42)
+    assert ProtocolSplit.load(path).method == "reference" and new.digest() != old.digest()
 
 
 def test_split_ucm_scale_disjoint_covering_deterministic() -> None:
     ds = _fake_dataset(2100)
-    s = make_split(ds, seed=42)
+    s = make_split(ds, seed=42, method="numpy")
     assert (len(s.train), len(s.query), len(s.database)) == (1050, 210, 840)
     allidx = np.concatenate([s.train, s.query, s.database])
     np.testing.assert_array_equal(np.sort(allidx), np.arange(2100))
@@ -298,10 +343,10 @@ def test_split_ucm_scale_disjoint_covering_deterministic() -> None:
     perm = np.random.default_rng(42).permutation(2100)
     np.testing.assert_array_equal(s.train, np.sort(perm[:1050]))
     np.testing.assert_array_equal(s.query, np.sort(perm[1050:1260]))
-    again = make_split(ds, seed=42)
+    again = make_split(ds, seed=42, method="numpy")
     assert again.digest() == s.digest()
     np.testing.assert_array_equal(again.caption_choice, s.caption_choice)
-    other = make_split(ds, seed=7)
+    other = make_split(ds, seed=7, method="numpy")
     assert other.digest() != s.digest() and not np.array_equal(other.train, s.train)
     assert not np.array_equal(other.caption_choice, s.caption_choice)
 

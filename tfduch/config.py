@@ -27,6 +27,9 @@ class DataConfig:
 
     root: str | None = None  # Karpathy JSON + images folder; falls back to $TFDUCH_DATA
     split_seed: int = 42
+    # reference: the DUCH reference code's draw (Python random), so seed 42 gives its query images;
+    # numpy: tfduch 0.1's draw (see tfduch.data.split)
+    split_method: str = "reference"
     train_fraction: float = 0.5
     query_fraction: float = 0.2
     split_file: str | None = None  # default: <output_dir>/split.json
@@ -184,6 +187,7 @@ class Config:
             (self.train.lr > 0, "train.lr must be positive"),
             (self.train.strategy in ("default", "mirrored", "multiworker"),
              "train.strategy must be default|mirrored|multiworker"),
+            (self.data.split_method in ("reference", "numpy"), "data.split_method must be reference|numpy"),
             (0 < self.data.train_fraction < 1, "data.train_fraction must be in (0, 1)"),
             (0 < self.data.query_fraction < 1, "data.query_fraction must be in (0, 1)"),
             (self.features.image_aug_views >= 1, "features.image_aug_views must be >= 1"),

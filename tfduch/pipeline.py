@@ -42,7 +42,8 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     """Load the dataset, draw (or reuse) the protocol split and get every feature from the cache."""
     dataset = load_dataset(cfg.data_root())
     split = load_or_make_split(dataset, split_path(cfg), seed=cfg.data.split_seed,
-                               train_fraction=cfg.data.train_fraction, query_fraction=cfg.data.query_fraction)
+                               train_fraction=cfg.data.train_fraction, query_fraction=cfg.data.query_fraction,
+                               method=cfg.data.split_method)
     return Prepared(dataset, split, build_features(cfg, dataset, progress=progress))
 
 
