@@ -199,6 +199,22 @@ def test_variant_config_switches_one_piece_off(tmp_path) -> None:
     assert cfg.model.params["similarity"] is True  # the rest of configs/cach.yaml is kept
 
 
+def test_chnr_duch_variant_is_configs_chnr_duch(tmp_path) -> None:
+    """The table's CHNR (DUCH objective) row trains exactly what configs/chnr_duch.yaml says."""
+    from tfduch.config import load_config
+    from tfduch.reproduce import DEFAULT_CONFIG_DIR, cell_config, display_name
+
+    spec = ReproduceSpec(out=tmp_path, methods=("chnr-duch",), bits=(32,), seeds=1)
+    ours = cell_config(spec, Cell("chnr-duch", 32, 0)).to_dict()
+    shipped = load_config(DEFAULT_CONFIG_DIR / "chnr_duch.yaml", ["model.bits=32", "train.seed=0"]).to_dict()
+    for section in ("model", "loss", "noise", "features", "data"):
+        assert ours[section] == shipped[section], section
+    volatile = {"checkpoint", "tensorboard", "verbose"}
+    assert {k: v for k, v in ours["train"].items() if k not in volatile} == \
+        {k: v for k, v in shipped["train"].items() if k not in volatile}
+    assert display_name("chnr-duch") == "CHNR (DUCH objective)"
+
+
 def test_settings_comparison_tolerates_new_default_fields_only() -> None:
     from tfduch.config import Config
     from tfduch.reproduce import same_settings

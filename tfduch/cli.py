@@ -49,6 +49,9 @@ def _common(p: argparse.ArgumentParser, with_output: bool = True) -> None:
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--seed", type=int, help="training seed")
     p.add_argument("--split-seed", type=int, help="protocol split seed (default 42)")
+    p.add_argument("--split-method", choices=("reference", "numpy"),
+                   help="how the split draws its images: reference = the DUCH reference code's draw (Python "
+                   "random; the default), numpy = tfduch 0.1's draw (old run folders)")
     p.add_argument("--cache-dir", help="feature / weights cache folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set loss.temperature=0.5 (repeatable)")
@@ -105,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(getattr(args, "overrides", []) or [])
     mapping = {"data": "data.root", "output": "output_dir", "bits": "model.bits", "epochs": "train.epochs",
-               "seed": "train.seed", "split_seed": "data.split_seed", "cache_dir": "features.cache_dir",
+               "seed": "train.seed", "split_seed": "data.split_seed",
+               "split_method": "data.split_method", "cache_dir": "features.cache_dir",
                "strategy": "train.strategy"}
     for attr, key in mapping.items():
         value = getattr(args, attr, None)

@@ -67,7 +67,12 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cach-pairwise-only": ("cach", ("model.params.scales={pairwise: 1.0, neighbourhood: 0.0, cluster: 0.0}",)),
     "cach-no-cluster": ("cach", ("model.params.scales.cluster=0.0",)),
     "cach-adversarial": ("cach", ("model.params.adversarial=true",)),
+    # configs/chnr_duch.yaml as overrides of configs/chnr.yaml: CHNR's detector weights on DUCH's objective
+    "chnr-duch": ("chnr", ("train.epochs=100", "noise.chnr.weighting=threshold", "noise.chnr.switch_epoch=50",
+                           "noise.chnr.objective=duch")),
 }
+#: Display names of variants that are not CACH ablations.
+VARIANT_NAMES = {"chnr-duch": "CHNR (DUCH objective)"}
 DISPLAY = {"duch": "DUCH", "chnr": "CHNR", "cach": "CACH", "djsrh": "DJSRH", "jdsh": "JDSH", "cca-itq": "CCA+ITQ",
            "ridge-itq": "Ridge+PCA+ITQ", "cosine": "cosine · frozen features"}
 
@@ -85,6 +90,8 @@ def chnr_unavailable() -> str | None:
 
 
 def display_name(method: str) -> str:
+    if method in VARIANT_NAMES:
+        return VARIANT_NAMES[method]
     if method in VARIANTS:
         return f"CACH − {method.removeprefix('cach-').replace('-', ' ')}"
     return DISPLAY.get(method, method)
