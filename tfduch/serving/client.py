@@ -234,26 +234,41 @@ class Client:
         """Signatures (GetModelMetadata) and, when served, the export's metadata JSON."""
         if self._metadata is not None and not refresh:
             return self._metadata
-        request = get_model_metadata_pb2.GetModelMetadataRequest()
-        self._spec(request)
-        request.metadata_field.append("signature_def")
-        response = self._call(self._predict.GetModelMetadata, request)
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signature_map)
-        signatures = {
-            name: {"inputs": {k: _tensor_info(v) for k, v in sig.inputs.items()},
-                   "outputs": {k: _tensor_info(v) for k, v in sig.outputs.items()},
-                   "method_name": sig.method_name}
-            for name, sig in signature_map.signature_def.items() if not name.startswith("__")
-        }
-        version = int(response.model_spec.version.value)
-        self._metadata = ModelMetadata(response.model_spec.name, version,
-                                       signatures, self._export_metadata(signatures, version), response)
-        return self._metadata
+        attempts = 3
+        for attempt in range(attempts):
+            request = get_model_metadata_pb2.GetModelMetadataRequest()
+            self._spec(request)
+            request.metadata_field.append("signature_def")
+            response = self._call(self._predict.GetModelMetadata, request)
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(signature_map)
+            signatures = {
+                name: {"inputs": {k: _tensor_info(v) for k, v in sig.inputs.items()},
+                       "outputs": {k: _tensor_info(v) for k, v in sig.outputs.items()},
+                       "method_name": sig.method_name}
+                for name, sig in signature_map.signature_def.items() if not name.startswith("__")
+            }
+            version = int(response.model_spec.version.value)
+            try:
+                export = self._export_metadata(signatures, version)
+            except ServingError as exc:
+                # A hot swap unloaded that version between the two calls: read the newest one again.
+                if exc.code == "NOT_FOUND" and self.version is None and attempt + 1 < attempts:
+                    continue
+                raise
+            self._metadata = ModelMetadata(response.model_spec.name, version, signatures, export, response)
+            return self._metadata
+        raise AssertionError("unreachable")
 
     def _export_metadata(self, signatures: Mapping[str, Any], version: int) -> dict[str, Any] | None:
         if METADATA_SIGNATURE in signatures:
-            value = self.predict({}, METADATA_SIGNATURE)[METADATA_OUTPUT]
+            # Pinned to the version whose signatures were read: during a hot swap the newest version may
+            # already be another one, without this signature.
+            request = predict_pb2.PredictRequest()
+            self._spec(request, METADATA_SIGNATURE)
+            request.model_spec.version.value = version
+            response = self._call(self._predict.Predict, request)
+            value = tensor_proto_to_array(response.outputs[METADATA_OUTPUT])
             return json.loads(value.item() if isinstance(value, np.ndarray) else value)
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         self._spec(request)
