@@ -174,18 +174,23 @@ class Client:
                 raise ServingError(code.name, f"{details} [{self.target}, model {self.model_name}]{suffix}") from None
         raise AssertionError("unreachable")
 
-    def _spec(self, request: Any, signature: str = "") -> None:
+    def _spec(self, request: Any, signature: str = "", version: int | None = None) -> None:
+        """Model spec of a request: this client's model, ``version`` (default: the client's) and signature."""
         request.model_spec.name = self.model_name
-        if self.version is not None:
-            request.model_spec.version.value = self.version
+        version = self.version if version is None else version
+        if version is not None:
+            request.model_spec.version.value = version
         if signature:
             request.model_spec.signature_name = signature
 
     def predict(self, inputs: Mapping[str, Any], signature: str = "serving_default",
-                output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """One raw Predict call: named arrays in (anything ``tf.make_tensor_proto`` takes), arrays out."""
+                output_filter: Sequence[str] = (), version: int | None = None) -> dict[str, np.ndarray]:
+        """One raw Predict call: named arrays in (anything ``tf.make_tensor_proto`` takes), arrays out.
+
+        ``version`` pins this call to one model version (default: the client's, else the newest).
+        """
         request = predict_pb2.PredictRequest()
-        self._spec(request, signature)
+        self._spec(request, signature, version)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(array_to_tensor_proto(value))
         request.output_filter.extend(output_filter)
@@ -236,18 +241,7 @@ class Client:
             return self._metadata
         attempts = 3
         for attempt in range(attempts):
-            request = get_model_metadata_pb2.GetModelMetadataRequest()
-            self._spec(request)
-            request.metadata_field.append("signature_def")
-            response = self._call(self._predict.GetModelMetadata, request)
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            response.metadata["signature_def"].Unpack(signature_map)
-            signatures = {
-                name: {"inputs": {k: _tensor_info(v) for k, v in sig.inputs.items()},
-                       "outputs": {k: _tensor_info(v) for k, v in sig.outputs.items()},
-                       "method_name": sig.method_name}
-                for name, sig in signature_map.signature_def.items() if not name.startswith("__")
-            }
+            response, signatures = self._signature_defs()
             version = int(response.model_spec.version.value)
             try:
                 export = self._export_metadata(signatures, version)
@@ -260,19 +254,30 @@ class Client:
             return self._metadata
         raise AssertionError("unreachable")
 
+    def _signature_defs(self) -> tuple[Any, dict[str, Any]]:
+        """GetModelMetadata(signature_def): the raw response and its public signatures as plain dicts."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._spec(request)
+        request.metadata_field.append("signature_def")
+        response = self._call(self._predict.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        signatures = {
+            name: {"inputs": {k: _tensor_info(v) for k, v in sig.inputs.items()},
+                   "outputs": {k: _tensor_info(v) for k, v in sig.outputs.items()},
+                   "method_name": sig.method_name}
+            for name, sig in signature_map.signature_def.items() if not name.startswith("__")
+        }
+        return response, signatures
+
     def _export_metadata(self, signatures: Mapping[str, Any], version: int) -> dict[str, Any] | None:
         if METADATA_SIGNATURE in signatures:
             # Pinned to the version whose signatures were read: during a hot swap the newest version may
             # already be another one, without this signature.
-            request = predict_pb2.PredictRequest()
-            self._spec(request, METADATA_SIGNATURE)
-            request.model_spec.version.value = version
-            response = self._call(self._predict.Predict, request)
-            value = tensor_proto_to_array(response.outputs[METADATA_OUTPUT])
+            value = self.predict({}, METADATA_SIGNATURE, version=version)[METADATA_OUTPUT]
             return json.loads(value.item() if isinstance(value, np.ndarray) else value)
         request = get_model_metadata_pb2.GetModelMetadataRequest()
-        self._spec(request)
-        request.model_spec.version.value = version  # the version whose signatures were just read
+        self._spec(request, version=version)  # the version whose signatures were just read
         request.metadata_field.append(METADATA_FIELD)
         try:
             response = self._call(self._predict.GetModelMetadata, request)
