@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from tfduch.config import DATA_ENV, Config, load_config
+from tfduch.config import DATA_ENV, SPLIT_METHODS, Config, load_config
 from tfduch.errors import run_command
 
 # Further commands live beside the code they drive; each module defines ``register(subparsers)``
@@ -49,7 +49,7 @@ def _common(p: argparse.ArgumentParser, with_output: bool = True) -> None:
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--seed", type=int, help="training seed")
     p.add_argument("--split-seed", type=int, help="protocol split seed (default 42)")
-    p.add_argument("--split-method", choices=("reference", "numpy"),
+    p.add_argument("--split-method", choices=SPLIT_METHODS,
                    help="how the split draws its images: reference = the DUCH reference code's draw (Python "
                    "random; the default), numpy = tfduch 0.1's draw (old run folders)")
     p.add_argument("--cache-dir", help="feature / weights cache folder")

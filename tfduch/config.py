@@ -19,6 +19,8 @@ from tfduch.errors import ConfigError
 
 DATA_ENV = "TFDUCH_DATA"
 CACHE_ENV = "TFDUCH_CACHE"
+#: How the protocol split draws its images (tfduch.data.split): the DUCH reference code's draw, or tfduch 0.1's.
+SPLIT_METHODS = ("reference", "numpy")
 
 
 @dataclass
@@ -187,7 +189,7 @@ class Config:
             (self.train.lr > 0, "train.lr must be positive"),
             (self.train.strategy in ("default", "mirrored", "multiworker"),
              "train.strategy must be default|mirrored|multiworker"),
-            (self.data.split_method in ("reference", "numpy"), "data.split_method must be reference|numpy"),
+            (self.data.split_method in SPLIT_METHODS, f"data.split_method must be {'|'.join(SPLIT_METHODS)}"),
             (0 < self.data.train_fraction < 1, "data.train_fraction must be in (0, 1)"),
             (0 < self.data.query_fraction < 1, "data.query_fraction must be in (0, 1)"),
             (self.features.image_aug_views >= 1, "features.image_aug_views must be >= 1"),

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tfduch.config import SPLIT_METHODS
 from tfduch.data.karpathy import CaptionDataset
 from tfduch.errors import ConfigError, DataError
 from tfduch.io import atomic_write_text
@@ -37,7 +38,6 @@ from tfduch.io import atomic_write_text
 __all__ = ["ProtocolSplit", "make_split", "load_or_make_split", "split_sizes"]
 
 _FORMAT = "tfduch-protocol-split-v1"
-SPLIT_METHODS = ("reference", "numpy")
 
 
 def _round_half_up(x: float) -> int:
