@@ -122,7 +122,7 @@ class ReproduceSpec:
     epochs: int | None = None
     config_dir: Path = DEFAULT_CONFIG_DIR
     overrides: tuple[str, ...] = ()  # applied to every learned method's config
-    checkpoint: bool = False  # per-epoch checkpoints inside a cell (resume mid-training)
+    checkpoint: bool = False  # checkpoints inside a cell (train.checkpoint_every; resume mid-training)
     keep_models: bool = False
     progress: bool = True
     name: str = "reproduce"  # table files: OUT/<name>.md, OUT/<name>.json, OUT/<name>_pr_<bits>bits.png
