@@ -11,6 +11,11 @@ concurrent clients × text batch 1, text batch 32, image batch 8; the server run
 (16 concurrent batch-1 text clients). The 1-client served and in-process runs alternate in rounds, so
 a change of machine load hits both alike.
 
+Two controls show what this machine allows, whatever the server: each 1-client scenario's requests also
+go to a bare Python gRPC server (no TensorFlow) whose handler sleeps for the in-process p50 (the transport
+floor), and back-to-back in-process batch-16 calls give the batching ceiling; the batching check also
+prints the req/s that all CPUs at the measured server + client CPU per request would give.
+
 Without ``--export`` the model is a stand-in with the export's compute cost: the real frozen encoders
 (MiniLM-L6 with in-graph tokenization; in-graph image decoding + EfficientNet-Lite0) followed by
 *random* hashing heads; it is built once and cached. The output says which model was used.
@@ -192,7 +197,8 @@ class Result:
                 "req_s": ok / self.wall if self.wall else float("nan"),
                 "items_s": ok * self.items / self.wall if self.wall else float("nan"),
                 "req_per_server_cpu_s": ok / self.server_cpu if self.server_cpu else None,
-                "cpu_ms_per_req": (self.server_cpu + self.client_cpu) / ok * 1e3 if self.server_cpu and ok else None}
+                "cpu_ms_per_req": ((self.server_cpu + self.client_cpu) / ok * 1e3
+                                   if self.server_cpu and self.client_cpu and ok else None)}
 
 
 def run_concurrent(call: Callable[[int], Any], n: int, threads: int) -> tuple[list[float], float, int, int]:
