@@ -458,6 +458,36 @@ def test_bias_corrected_encoder_rounds_kernels_and_keeps_channel_means():
     np.testing.assert_allclose(got, want, atol=1e-3)
 
 
+def test_bias_correction_runs_from_block_boundaries_only_where_the_graph_allows():
+    """Measurements start from cached activations at single-tensor cuts; a residual branch is not cut."""
+    import keras
+
+    from tfduch.export.tflite import _cut_positions, bias_corrected_encoder
+
+    inputs = keras.Input((8, 8, 3), name="images")
+    a = keras.layers.BatchNormalization(name="a_bn")(
+        keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="a_conv")(inputs))
+    b = keras.layers.BatchNormalization(name="b_bn")(
+        keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="b_conv")(a))
+    x = keras.layers.Add(name="add")([a, b])
+    outputs = keras.layers.BatchNormalization(name="c_bn")(
+        keras.layers.Conv2D(4, 1, use_bias=False, name="c_conv")(x))
+    model = keras.Model(inputs, outputs)
+    names = [layer.name for layer in model.layers]
+    cuts = {names[i] for i in _cut_positions(model)}
+    assert {"images", "a_conv", "a_bn", "add", "c_conv", "c_bn"} <= cuts
+    assert not {"b_conv", "b_bn"} & cuts  # the add still reads a_bn past them
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if layer.name.endswith("_conv"):
+            layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype(np.float32))
+    images = rng.uniform(0, 255, (10, 8, 8, 3)).astype(np.float32)
+    corrected = bias_corrected_encoder(model, images, batch_size=4)
+    want = model(images, training=False).numpy().mean(axis=(0, 1, 2))
+    got = corrected(images, training=False).numpy().mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-5)  # means of order 1e4 here
+
+
 @pytest.mark.slow
 def test_cli_tflite_export_writes_models_and_agreement(tmp_path, run_dir, encoders, exported):
     from tfduch import cli

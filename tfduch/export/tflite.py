@@ -121,11 +121,12 @@ def bias_corrected_encoder(encoder: Any, images: np.ndarray, batch_size: int = 1
         return clone
     images = np.asarray(images, np.float32)
 
-    def channel_means(outputs: list[Any]) -> list[np.ndarray]:
-        probe = keras.Model(clone.inputs, outputs)
+    def channel_means(source: Any, outputs: list[Any], inputs: np.ndarray) -> list[np.ndarray]:
+        """Per-channel means of ``outputs`` over all images, running the graph from ``source`` on ``inputs``."""
+        probe = keras.Model(source, outputs)
         sums: list[np.ndarray] | None = None
-        for start in range(0, len(images), batch_size):
-            values = probe(images[start : start + batch_size], training=False)
+        for start in range(0, len(inputs), batch_size):
+            values = probe(inputs[start : start + batch_size], training=False)
             values = values if isinstance(values, list | tuple) else [values]
             batch = [tf.reduce_sum(v, axis=[0, 1, 2]).numpy().astype(np.float64) for v in values]
             sums = batch if sums is None else [a + b for a, b in zip(sums, batch, strict=True)]
@@ -133,13 +134,46 @@ def bias_corrected_encoder(encoder: Any, images: np.ndarray, batch_size: int = 1
         return [total / (len(images) * int(o.shape[1]) * int(o.shape[2])) for total, o in zip(sums, outputs,
                                                                                               strict=True)]
 
-    float_means = channel_means([conv.output for conv, _, _ in pairs])
+    def run(source: Any, target: Any, inputs: np.ndarray) -> np.ndarray:
+        probe = keras.Model(source, target)
+        return np.concatenate([probe(inputs[i : i + batch_size], training=False).numpy()
+                               for i in range(0, len(inputs), batch_size)])
+
+    float_means = channel_means(clone.layers[0].output, [conv.output for conv, _, _ in pairs], images)
+    # Each measurement runs the graph from the latest single-tensor cut before its convolution (an MBConv
+    # block boundary), whose activations are cached with every earlier kernel already rounded and corrected:
+    # the same numbers as running from the input each time, at a cost linear instead of quadratic in depth.
+    position = {layer.name: i for i, layer in enumerate(clone.layers)}
+    cuts = _cut_positions(clone)
+    cut, cached = 0, images
     for (conv, bn, axis), target in tqdm(list(zip(pairs, float_means, strict=True)), desc="bias correction",
                                          disable=not progress, leave=False):
+        latest = max(c for c in cuts if c < position[conv.name])
+        if latest > cut:
+            cached = run(clone.layers[cut].output, clone.layers[latest].output, cached)
+            cut = latest
         conv.kernel.assign(_int8_grid(conv.kernel.numpy(), axis))
-        shift = channel_means([conv.output])[0] - target
+        shift = channel_means(clone.layers[cut].output, [conv.output], cached)[0] - target
         bn.moving_mean.assign((bn.moving_mean.numpy() + shift).astype(np.float32))
     return clone
+
+
+def _cut_positions(model: Any) -> list[int]:
+    """Positions (in ``model.layers``) of layers whose one output is all that later layers read.
+
+    Position 0 is the input. A layer qualifies when no later layer takes an input from before it, so the
+    graph after it can run from its output alone (in an EfficientNet: the boundaries between blocks).
+    """
+    layers = model.layers
+    position = {layer.name: i for i, layer in enumerate(layers)}
+    earliest = [min((position[t._keras_history.operation.name] for node in layer._inbound_nodes
+                     for t in node.input_tensors), default=i) for i, layer in enumerate(layers)]
+    cuts, reach = [], len(layers)
+    for i in range(len(layers) - 1, -1, -1):  # reach = earliest input of any layer after i
+        if reach >= i and len(layers[i]._inbound_nodes) <= 1:
+            cuts.append(i)
+        reach = min(reach, earliest[i])
+    return sorted(set(cuts) | {0})
 
 
 @contextlib.contextmanager
