@@ -488,6 +488,38 @@ def test_bias_correction_runs_from_block_boundaries_only_where_the_graph_allows(
     np.testing.assert_allclose(got, want, rtol=1e-5)  # means of order 1e4 here
 
 
+def test_bias_correction_of_a_sequential_model_equals_the_functional_one():
+    """Sequential models list no InputLayer: the correction must still start from the model's input."""
+    import keras
+
+    from tfduch.export.tflite import bias_corrected_encoder
+
+    def layers() -> list:
+        return [keras.layers.Conv2D(5, 3, padding="same", use_bias=False, name="a_conv"),
+                keras.layers.BatchNormalization(name="a_bn"),
+                keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="b_conv"),
+                keras.layers.BatchNormalization(name="b_bn")]
+
+    sequential = keras.Sequential([keras.Input((6, 6, 3)), *layers()])
+    inputs = keras.Input((6, 6, 3))
+    x = inputs
+    for layer in layers():
+        x = layer(x)
+    functional = keras.Model(inputs, x)
+    rng = np.random.default_rng(2)
+    weights = [rng.normal(size=w.shape).astype(np.float32) for w in sequential.get_weights()]
+    weights = [np.abs(w) + 0.5 if "variance" in v.path else w for w, v in zip(weights, sequential.weights,
+                                                                              strict=True)]
+    sequential.set_weights(weights)
+    functional.set_weights(weights)
+    images = rng.uniform(0, 255, (9, 6, 6, 3)).astype(np.float32)
+    a = bias_corrected_encoder(sequential, images, batch_size=4).get_weights()
+    b = bias_corrected_encoder(functional, images, batch_size=4).get_weights()
+    assert any(not np.array_equal(x, w) for x, w in zip(a, weights, strict=True))  # it did correct something
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_cli_tflite_export_writes_models_and_agreement(tmp_path, run_dir, encoders, exported):
     from tfduch import cli

@@ -139,21 +139,24 @@ def bias_corrected_encoder(encoder: Any, images: np.ndarray, batch_size: int = 1
         return np.concatenate([probe(inputs[i : i + batch_size], training=False).numpy()
                                for i in range(0, len(inputs), batch_size)])
 
-    float_means = channel_means(clone.layers[0].output, [conv.output for conv, _, _ in pairs], images)
+    def source(cut: int) -> Any:  # the tensor a cut runs from; -1 = the model's input
+        return clone.inputs[0] if cut < 0 else clone.layers[cut].output
+
+    float_means = channel_means(source(-1), [conv.output for conv, _, _ in pairs], images)
     # Each measurement runs the graph from the latest single-tensor cut before its convolution (an MBConv
     # block boundary), whose activations are cached with every earlier kernel already rounded and corrected:
     # the same numbers as running from the input each time, at a cost linear instead of quadratic in depth.
     position = {layer.name: i for i, layer in enumerate(clone.layers)}
     cuts = _cut_positions(clone)
-    cut, cached = 0, images
+    cut, cached = -1, images
     for (conv, bn, axis), target in tqdm(list(zip(pairs, float_means, strict=True)), desc="bias correction",
                                          disable=not progress, leave=False):
         latest = max(c for c in cuts if c < position[conv.name])
         if latest > cut:
-            cached = run(clone.layers[cut].output, clone.layers[latest].output, cached)
+            cached = run(source(cut), clone.layers[latest].output, cached)
             cut = latest
         conv.kernel.assign(_int8_grid(conv.kernel.numpy(), axis))
-        shift = channel_means(clone.layers[cut].output, [conv.output], cached)[0] - target
+        shift = channel_means(source(cut), [conv.output], cached)[0] - target
         bn.moving_mean.assign((bn.moving_mean.numpy() + shift).astype(np.float32))
     return clone
 
@@ -161,19 +164,20 @@ def bias_corrected_encoder(encoder: Any, images: np.ndarray, batch_size: int = 1
 def _cut_positions(model: Any) -> list[int]:
     """Positions (in ``model.layers``) of layers whose one output is all that later layers read.
 
-    Position 0 is the input. A layer qualifies when no later layer takes an input from before it, so the
-    graph after it can run from its output alone (in an EfficientNet: the boundaries between blocks).
+    Position -1 stands for the model's input (always a cut). A layer qualifies when no later layer takes an
+    input from before it, so the graph after it can run from its output alone (in an EfficientNet: the
+    boundaries between blocks).
     """
     layers = model.layers
     position = {layer.name: i for i, layer in enumerate(layers)}
-    earliest = [min((position[t._keras_history.operation.name] for node in layer._inbound_nodes
+    earliest = [min((position.get(t._keras_history.operation.name, -1) for node in layer._inbound_nodes
                      for t in node.input_tensors), default=i) for i, layer in enumerate(layers)]
     cuts, reach = [], len(layers)
     for i in range(len(layers) - 1, -1, -1):  # reach = earliest input of any layer after i
         if reach >= i and len(layers[i]._inbound_nodes) <= 1:
             cuts.append(i)
         reach = min(reach, earliest[i])
-    return sorted(set(cuts) | {0})
+    return sorted(set(cuts) | {-1})
 
 
 @contextlib.contextmanager
