@@ -347,8 +347,9 @@ def bare_grpc_overhead(make: Callable[[int], tuple[str, str, np.ndarray]], handl
 
     from tfduch.serving.tensors import array_to_tensor_proto
 
-    parent, child = multiprocessing.get_context("spawn").Pipe()
-    process = multiprocessing.get_context("spawn").Process(target=_bare_grpc_server, args=(child,), daemon=True)
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_bare_grpc_server, args=(child,), daemon=True)
     process.start()
     try:
         port = parent.recv()

@@ -121,13 +121,17 @@ def bias_corrected_encoder(encoder: Any, images: np.ndarray, batch_size: int = 1
         return clone
     images = np.asarray(images, np.float32)
 
-    def channel_means(source: Any, outputs: list[Any], inputs: np.ndarray) -> list[np.ndarray]:
-        """Per-channel means of ``outputs`` over all images, running the graph from ``source`` on ``inputs``."""
+    def batches(source: Any, outputs: list[Any], inputs: np.ndarray) -> Iterator[list[Any]]:
+        """``outputs`` batch by batch, running the graph from ``source`` on ``inputs``."""
         probe = keras.Model(source, outputs)
-        sums: list[np.ndarray] | None = None
         for start in range(0, len(inputs), batch_size):
             values = probe(inputs[start : start + batch_size], training=False)
-            values = values if isinstance(values, list | tuple) else [values]
+            yield list(values) if isinstance(values, list | tuple) else [values]
+
+    def channel_means(source: Any, outputs: list[Any], inputs: np.ndarray) -> list[np.ndarray]:
+        """Per-channel means of ``outputs`` over all images."""
+        sums: list[np.ndarray] | None = None
+        for values in batches(source, outputs, inputs):
             batch = [tf.reduce_sum(v, axis=[0, 1, 2]).numpy().astype(np.float64) for v in values]
             sums = batch if sums is None else [a + b for a, b in zip(sums, batch, strict=True)]
         assert sums is not None
@@ -135,9 +139,7 @@ def bias_corrected_encoder(encoder: Any, images: np.ndarray, batch_size: int = 1
                                                                                               strict=True)]
 
     def run(source: Any, target: Any, inputs: np.ndarray) -> np.ndarray:
-        probe = keras.Model(source, target)
-        return np.concatenate([probe(inputs[i : i + batch_size], training=False).numpy()
-                               for i in range(0, len(inputs), batch_size)])
+        return np.concatenate([values[0].numpy() for values in batches(source, [target], inputs)])
 
     def source(cut: int) -> Any:  # the tensor a cut runs from; -1 = the model's input
         return clone.inputs[0] if cut < 0 else clone.layers[cut].output
