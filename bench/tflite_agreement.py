@@ -2,7 +2,7 @@
 
     python bench/tflite_agreement.py --run runs/duch [--data ../shared/data/ucm_captions]
         [--export EXPORT_VERSION_DIR] [--variants float32,float16,dynamic,int8] [--calibration 300]
-        [--bias-correction 64]     # calibrated variants; a variant suffixed -nobc (int8-nobc) skips it
+        [--bias-correction 64]     # int8-weight variants; a variant suffixed -nobc (int8-nobc) skips it
 
 The reference is the exported SavedModel's ``encode_image`` signature on the query images' encoded bytes
 (exported into a temporary folder unless ``--export`` names one). Every TFLite variant gets the same
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="float32,float16,dynamic,int8")
     p.add_argument("--calibration", type=int, default=300, help="training-split images calibrating int8")
     p.add_argument("--bias-correction", type=int, default=64,
-                   help="calibration images for the int8 bias correction (0: off; variant-nobc: off for it)")
+                   help="calibration images for the bias correction of dynamic/int8/int16x8 (0: off; "
+                   "variant-nobc: off for it)")
     p.add_argument("--eval", type=int, default=0, help="query images measured (0: the whole query split)")
     p.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from tfduch.export import CodeExport, Encoders, export_model, load_exported
     from tfduch.export.tflite import (
         CALIBRATED_VARIANTS,
+        INT8_WEIGHT_VARIANTS,
         TFLiteImageEncoder,
         bias_corrected_encoder,
         bit_agreement,
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in [v.strip() for v in args.variants.split(",") if v.strip()]:
             variant = label.removesuffix("-nobc")
             calibrated = variant in CALIBRATED_VARIANTS
-            correct = calibrated and args.bias_correction > 0 and not label.endswith("-nobc")
+            correct = variant in INT8_WEIGHT_VARIANTS and args.bias_correction > 0 and not label.endswith("-nobc")
             start = time.perf_counter()
             if correct and corrected is None:
                 corrected = bias_corrected_encoder(module.image_encoder, cal_inputs[: args.bias_correction],
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             ms = 1e3 * (time.perf_counter() - start) / len(inputs)
             hamming = np.sum(codes != reference, axis=1)
             m = map_at_k(codes, db_text, q_labels, db_labels, k=20)
-            name = f"{variant} (no bias correction)" if calibrated and not correct else variant
+            name = f"{variant} (no bias correction)" if variant in INT8_WEIGHT_VARIANTS and not correct else variant
             rows.append({"variant": f"TFLite {name}", "MB": len(blob) / 1e6,
                          "bits equal %": 100 * bit_agreement(codes, reference),
                          "codes equal %": 100 * float(np.mean(hamming == 0)), "mean Hamming": float(hamming.mean()),

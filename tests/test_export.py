@@ -531,13 +531,18 @@ def test_cli_tflite_export_writes_models_and_agreement(tmp_path, run_dir, encode
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(savedmodel.Encoders, "build", classmethod(lambda cls, *a, **k: encoders))
         code = cli.main(["export", "--run", str(run_dir), "--base", str(base), "--version", "5", "--tflite",
-                         "--tflite-variants", "float32,int8", "--calibration-images", "16", "--quiet"])
+                         "--tflite-variants", "float32,dynamic,int8", "--calibration-images", "16", "--quiet"])
     assert code == 0
     meta = read_metadata(base / "tfduch" / "5")
-    assert set(meta["tflite"]) == {"float32", "int8"}
+    assert set(meta["tflite"]) == {"float32", "dynamic", "int8"}
+    # int8 weights are bias-corrected for both int8 variants; only full int8 calibrates activation ranges.
+    assert meta["tflite"]["dynamic"]["bias_correction"] and meta["tflite"]["int8"]["bias_correction"]
+    assert meta["tflite"]["dynamic"]["calibration"] is None and meta["tflite"]["int8"]["calibration"]
+    assert meta["tflite"]["float32"]["bias_correction"] is None
     for variant, entry in meta["tflite"].items():
         path = base / "tfduch" / "5" / entry["file"]
         assert path.stat().st_size == entry["bytes"]
         assert TFLiteImageEncoder(path).encode(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, BITS)
         assert entry["bit_agreement_vs_savedmodel"] >= (0.99 if variant == "float32" else 0.8), variant
-    assert meta["tflite"]["int8"]["bytes"] < 0.5 * meta["tflite"]["float32"]["bytes"]
+    for variant in ("dynamic", "int8"):
+        assert meta["tflite"][variant]["bytes"] < 0.5 * meta["tflite"]["float32"]["bytes"]

@@ -35,13 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default: BASE's absolute path)")
     p.add_argument("--tflite", action="store_true",
                    help="also write TFLite image models (preprocessed image -> codes) into assets.extra/tflite/")
-    p.add_argument("--tflite-variants", default="float32,float16,int8", metavar="LIST",
-                   help="comma list of float32, float16 (fp16 weights), dynamic (int8 weights, no "
-                   "calibration), int8 (full integer), int16x8 (int8 weights, int16 activations); "
-                   "default: float32,float16,int8")
+    p.add_argument("--tflite-variants", default="float32,float16,dynamic,int8", metavar="LIST",
+                   help="comma list of float32, float16 (fp16 weights), dynamic (int8 weights and int8 compute "
+                   "with per-inference activation scales; >= 99%% of bits kept), int8 (full integer, fixed "
+                   "calibrated activation ranges, for integer-only hardware), int16x8 (int8 weights, int16 "
+                   "activations, slow kernels); int8-weight variants are bias-corrected on the calibration "
+                   "images; default: float32,float16,dynamic,int8")
     p.add_argument("--calibration-data", metavar="DIR",
-                   help="dataset folder whose images calibrate int8 and measure agreement (default: the run's "
-                   "dataset if present, else synthetic images)")
+                   help="dataset folder whose images calibrate the int8-weight variants and measure agreement "
+                   "(default: the run's dataset if present, else synthetic images)")
     p.add_argument("--calibration-images", type=int, default=200,
                    help="images calibrating int8 / int16x8 (default 200)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
