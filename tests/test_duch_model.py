@@ -136,3 +136,77 @@ def test_interrupted_training_resumes(tmp_path) -> None:
     for a, b in zip(saved, check.weights, strict=True):
         np.testing.assert_allclose(a, b.numpy())
     assert tf.reduce_all(tf.abs(check.code_targets.targets) == 1.0)
+
+
+def _checkpointed_values(model) -> list[np.ndarray]:
+    return [np.array(v) for v in [*model.weights, *model.optimizer.variables, *model.discriminator_optimizer.variables]]
+
+
+def test_background_checkpoints_hold_the_state_of_their_epoch(tmp_path) -> None:
+    """Each background-written checkpoint restores exactly the state at the end of its epoch."""
+    import keras
+
+    from tfduch.training.callbacks import ResumableCheckpoint
+
+    feats, _ = clustered_features(n=96)
+    cfg = small_config(tmp_path, epochs=3)
+    cfg.train.checkpoint = False  # this test drives its own checkpoint callback
+    model = build_model(cfg, feats)
+    ckpt = ResumableCheckpoint(tmp_path / "ckpts", model, max_to_keep=3, shadow=build_model(cfg, feats))
+    assert ckpt.background
+    at_epoch_end: dict[int, list[np.ndarray]] = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            at_epoch_end[epoch + 1] = _checkpointed_values(model)
+
+    model.fit(make_dataset(feats, cfg.train.batch_size), epochs=3, callbacks=[ckpt, Record()], verbose=0)
+    for epoch, expected in at_epoch_end.items():
+        fresh = build_model(cfg, feats)
+        check = ResumableCheckpoint(tmp_path / "restore", fresh)
+        check.checkpoint.restore(str(tmp_path / "ckpts" / f"ckpt-{epoch}")).expect_partial()
+        assert int(check.epoch.numpy()) == epoch
+        for a, b in zip(expected, _checkpointed_values(fresh), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_background_checkpointing_leaves_training_unchanged(tmp_path) -> None:
+    feats, _ = clustered_features(n=96)
+    final = {}
+    for background in (True, False):
+        cfg = small_config(tmp_path / str(background), epochs=3)
+        cfg.train.checkpoint_every, cfg.train.checkpoint_background = 1, background
+        model, _ = train(cfg, feats, tmp_path / str(background))
+        final[background] = _checkpointed_values(model)
+        saved = sorted(p.name for p in (tmp_path / str(background) / "checkpoints").glob("ckpt-*.index"))
+        assert saved == ["ckpt-2.index", "ckpt-3.index"]
+    for a, b in zip(final[True], final[False], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_background_checkpoint_failure_is_raised_in_training(tmp_path, monkeypatch) -> None:
+    from tfduch.training.callbacks import ResumableCheckpoint
+
+    feats, _ = clustered_features(n=64)
+    cfg = small_config(tmp_path, epochs=1)
+    model = build_model(cfg, feats)
+    ckpt = ResumableCheckpoint(tmp_path / "ckpts", model, shadow=build_model(cfg, feats))
+
+    def disk_full(**kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ckpt.manager, "save", disk_full)
+    ckpt.save(1)
+    with pytest.raises(RuntimeError, match="writing checkpoint 1 .* failed: No space left"):
+        ckpt.wait()
+
+
+def test_shadow_of_another_shape_is_refused(tmp_path) -> None:
+    from tfduch.training.callbacks import ResumableCheckpoint
+
+    feats, _ = clustered_features(n=64)
+    cfg = small_config(tmp_path)
+    other = small_config(tmp_path)
+    other.model.bits = cfg.model.bits * 2
+    with pytest.raises(ValueError, match="shadow model is not built like the model"):
+        ResumableCheckpoint(tmp_path / "ckpts", build_model(cfg, feats), shadow=build_model(other, feats))

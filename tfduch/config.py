@@ -104,9 +104,12 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0  # evaluate on query/database every N epochs (0: only at the end)
     checkpoint: bool = True
-    # Checkpoint every N epochs (and always after the last): a checkpoint holds the heads and both optimizers'
-    # state (~100 MB at 64 bits), so writing one per epoch costs more than the epoch's training on UCM.
-    checkpoint_every: int = 5
+    # Checkpoint every N epochs (and always after the last). A checkpoint holds the heads and both optimizers'
+    # state (~90 MB at 64 bits): written synchronously, one per epoch would cost a large part of a UCM epoch.
+    checkpoint_every: int = 1
+    # Copy the state into a shadow model and write it from a background thread while training goes on
+    # (single-device runs; distributed runs always save synchronously).
+    checkpoint_background: bool = True
     tensorboard: bool = True
     verbose: str = "auto"  # keras fit verbosity: auto | 0 | 1 | 2
     # tf.distribute strategy: default | mirrored (GPUs of one host) | multiworker (TF_CONFIG); docs/scale.md.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,10 +115,16 @@ def train(cfg: Config, features: TrainingFeatures, output_dir: str | Path,
     initial_epoch = 0
     strategy = model.distribute_strategy
     scratch: list[Path] = []  # non-chief workers' temporary folders
+    ckpt: ResumableCheckpoint | None = None
     if cfg.train.checkpoint:
         ckpt_dir = worker_dir(out / "checkpoints", strategy)
         scratch.append(ckpt_dir)
-        ckpt = ResumableCheckpoint(ckpt_dir, model, every=cfg.train.checkpoint_every)
+        try:
+            ckpt = ResumableCheckpoint(ckpt_dir, model, every=cfg.train.checkpoint_every,
+                                       shadow=_shadow(cfg, model, features))
+        except ValueError as exc:  # a model built some other way than build_model(cfg, ...)
+            warnings.warn(f"checkpoints are written synchronously: {exc}", stacklevel=2)
+            ckpt = ResumableCheckpoint(ckpt_dir, model, every=cfg.train.checkpoint_every)
         initial_epoch = ckpt.restore(out / "checkpoints")
         callbacks.append(ckpt)
         if initial_epoch:
@@ -139,8 +146,21 @@ def train(cfg: Config, features: TrainingFeatures, output_dir: str | Path,
                                verbose=int(verbose))
             history = {k: [float(x) for x in v] for k, v in result.history.items()}
     finally:
+        if ckpt is not None:
+            ckpt.wait(raise_errors=False)  # an interrupted fit still finishes the checkpoint being written
         for path in scratch:
             discard_worker_dir(path, strategy)
     elapsed = time.perf_counter() - start
     return model, {"history": history, "train_seconds": elapsed, "initial_epoch": initial_epoch,
                    "epochs": cfg.train.epochs}
+
+
+def _shadow(cfg: Config, model: CrossModalHasher, features: TrainingFeatures) -> CrossModalHasher | None:
+    """A second model, built like ``model``, that background checkpoint writes copy from (None: save in sync).
+
+    Distributed runs save synchronously: every worker must take part in writing mirrored variables.
+    """
+    if not cfg.train.checkpoint_background or model.distribute_strategy.num_replicas_in_sync > 1 \
+            or getattr(model.distribute_strategy, "cluster_resolver", None) is not None:
+        return None
+    return build_model(cfg, features)
