@@ -210,3 +210,31 @@ def test_shadow_of_another_shape_is_refused(tmp_path) -> None:
     other.model.bits = cfg.model.bits * 2
     with pytest.raises(ValueError, match="shadow model is not built like the model"):
         ResumableCheckpoint(tmp_path / "ckpts", build_model(cfg, feats), shadow=build_model(other, feats))
+
+
+def test_interrupted_fit_still_finishes_the_background_checkpoint(tmp_path, monkeypatch) -> None:
+    """Ctrl-C during epoch 3 leaves epoch 2's (slow) checkpoint complete, and re-running resumes from it."""
+    import time
+
+    import keras
+
+    feats, _ = clustered_features(n=64)
+    cfg = small_config(tmp_path, epochs=4)
+    save = tf.train.CheckpointManager.save
+
+    def slow_disk(self, *args, **kwargs):
+        time.sleep(0.5)  # the write is still running when the interrupt arrives
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", slow_disk)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.model.optimizer.iterations.numpy() == 2:  # 64 items, batch 64: first step of epoch 3
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, feats, tmp_path, extra_callbacks=[Interrupt()])
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")
+    _, summary = train(cfg, feats, tmp_path)
+    assert summary["initial_epoch"] == 2 and len(summary["history"]["loss"]) == 2
