@@ -428,6 +428,26 @@ def test_tflite_float_image_model_matches_savedmodel(trained, encoders, loaded, 
         tflite.encode(np.zeros((1, 256, 256, 3), np.float32))
 
 
+@pytest.mark.slow
+def test_tflite_dynamic_variant_converts_the_bias_corrected_encoder(trained, encoders):
+    from tfduch.export import CodeExport
+    from tfduch.export.tflite import convert_image_model
+
+    model = trained[1]
+    module = CodeExport(model.image_head, model.text_head, encoders)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 224, 224, 3)).astype(np.float32)
+
+    def representative():
+        for image in images:
+            yield [image[None]]
+
+    plain = convert_image_model(module, "dynamic")  # no images: nothing to correct with
+    corrected = convert_image_model(module, "dynamic", representative, bias_correction_images=4)
+    off = convert_image_model(module, "dynamic", representative, bias_correction_images=0)
+    assert plain == off  # the images alone change nothing: dynamic calibrates no activation ranges
+    assert corrected != plain  # the corrected kernels are what gets converted
+
+
 def test_bias_corrected_encoder_rounds_kernels_and_keeps_channel_means():
     import keras
 
