@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=256, help="images per round")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="passes over the images")
-    ap.add_argument("--variant", default="lite0", choices=["lite0", "lite2"])
+    ap.add_argument("--variant", default="lite0", choices=["lite0", "lite0-ms", "lite2"])
     ap.add_argument("--cache-dir", default=None, help="converted-weights cache (default: TFDUCH_CACHE)")
     args = ap.parse_args(argv)
 

