@@ -54,6 +54,7 @@ def make_run(out: Path, seed: int = 0) -> Path:
     captions = rng.normal(size=(n, 2, 384)).astype(np.float32)
     features = TrainingFeatures(image, image[None] + 0.1, captions, np.full(n, 2), rng.integers(0, 2, n))
     cfg = load_config(None, [f"model.bits={BITS}", "model.hidden_dim=256", "train.epochs=1", "train.batch_size=32",
+                             "features.image_encoder=lite0",
                              "train.checkpoint=false", "train.tensorboard=false", "train.verbose=0",
                              f"output_dir={out}"])
     model, _ = train(cfg, features, out)

@@ -231,3 +231,11 @@ def test_settings_comparison_tolerates_new_default_fields_only() -> None:
     changed["config"]["model"]["bits"] = 32
     assert not same_settings(stored, changed)
     assert not same_settings({**stored, "split": "other"}, {**stored})
+
+
+def test_set_overrides_reach_the_features_every_cell_uses(tmp_path) -> None:
+    from tfduch.reproduce import base_config
+
+    spec = ReproduceSpec(out=tmp_path, methods=("duch", "cca-itq"), overrides=("features.image_encoder=lite0",))
+    assert base_config(spec).features.image_encoder == "lite0"
+    assert base_config(ReproduceSpec(out=tmp_path, methods=("duch",))).features.image_encoder == "lite0-ms"

@@ -41,7 +41,7 @@ class DataConfig:
 class FeatureConfig:
     """Frozen encoders and the views that are encoded once and cached."""
 
-    image_encoder: str = "lite0"  # efficientnet-lite0 | lite2
+    image_encoder: str = "lite0-ms"  # lite0-ms (lite0 + its pooled stage 4-6 outputs) | lite0 | lite2
     text_encoder: str = "minilm-l6"
     image_view: str = "none"  # preset for the clean image view (see tfduch.augment.image)
     image_aug_view: str = "duch"  # preset for the augmented image view

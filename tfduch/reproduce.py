@@ -159,8 +159,12 @@ class ReproduceSpec:
 
 # --------------------------------------------------------------------------------------------- configs
 def base_config(spec: ReproduceSpec) -> Config:
-    """The config used to prepare data: built-in defaults, the dataset and the output folder."""
-    overrides = [f"output_dir={spec.out}"]
+    """The config used to prepare data: built-in defaults, ``--set`` overrides, the dataset and the output folder.
+
+    The overrides apply here too, so that e.g. ``--set features.image_encoder=lite0`` changes the features every
+    cell is computed on, not only the learned methods' configs.
+    """
+    overrides = [*spec.overrides, f"output_dir={spec.out}"]
     if spec.dataset is not None:
         overrides.append(f"data.root={spec.dataset}")
     return load_config(None, overrides)

@@ -67,7 +67,7 @@ class Encoders:
     ids: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, variant: str = "lite0", cache_dir: str | Path | None = None) -> Encoders:
+    def build(cls, variant: str = "lite0-ms", cache_dir: str | Path | None = None) -> Encoders:
         from tfduch.encoders.efficientnet_lite import build_image_encoder, image_encoder_id
         from tfduch.encoders.minilm import build_text_encoder, text_encoder_id
 
