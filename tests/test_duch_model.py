@@ -220,6 +220,7 @@ def test_interrupted_fit_still_finishes_the_background_checkpoint(tmp_path, monk
 
     feats, _ = clustered_features(n=64)
     cfg = small_config(tmp_path, epochs=4)
+    cfg.train.checkpoint_background = True
     save = tf.train.CheckpointManager.save
 
     def slow_disk(self, *args, **kwargs):

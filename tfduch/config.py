@@ -108,8 +108,10 @@ class TrainConfig:
     # state (~90 MB at 64 bits): written synchronously, one per epoch would cost a large part of a UCM epoch.
     checkpoint_every: int = 1
     # Copy the state into a shadow model and write it from a background thread while training goes on
-    # (single-device runs; distributed runs always save synchronously).
-    checkpoint_background: bool = True
+    # (single-device runs; distributed runs always save synchronously). Off by default: on the 2-core machine
+    # the write competes with training for the CPUs and was no faster than a synchronous save (docs/duch.md);
+    # it pays where storage is slow and CPUs are spare.
+    checkpoint_background: bool = False
     tensorboard: bool = True
     verbose: str = "auto"  # keras fit verbosity: auto | 0 | 1 | 2
     # tf.distribute strategy: default | mirrored (GPUs of one host) | multiworker (TF_CONFIG); docs/scale.md.
