@@ -105,7 +105,7 @@ class TrainConfig:
     eval_every: int = 0  # evaluate on query/database every N epochs (0: only at the end)
     checkpoint: bool = True
     # Checkpoint every N epochs (and always after the last). A checkpoint holds the heads and both optimizers'
-    # state (~90 MB at 64 bits): written synchronously, one per epoch would cost a large part of a UCM epoch.
+    # state (~100 MB at 64 bits): one per epoch added 15-20 s to a 100-epoch 64-bit UCM run (docs/duch.md).
     checkpoint_every: int = 1
     # Copy the state into a shadow model and write it from a background thread while training goes on
     # (single-device runs; distributed runs always save synchronously). Off by default: on the 2-core machine

@@ -45,10 +45,11 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     With ``shadow`` (a second model built exactly like ``model``), a save only copies every checkpointed
     variable into the shadow, in memory, and a thread writes the shadow's checkpoint while training goes on;
-    the next save (and the end of ``fit``) waits for that write. Why: the 4096-wide heads and their Adam state
-    are ~90 MB at 64 bits, and writing them synchronously costs a large part of a UCM epoch, while the copy
-    costs a few tens of ms, so checkpointing every epoch stays cheap. (TensorFlow's own async checkpointing
-    fails on Keras 3 variables from the second save on.)
+    the next save (and the end of ``fit``) waits for that write. Why: the copy blocks training for a few ms
+    where a synchronous save of the 4096-wide heads and their Adam state (~100 MB at 64 bits) blocks it for
+    tens to hundreds of ms. It only pays where the CPUs have room for the write: on a 2-core machine the
+    write competes with training and whole runs were no faster (docs/duch.md). (TensorFlow's own async
+    checkpointing fails on Keras 3 variables from the second save on.)
     """
 
     def __init__(self, directory: str | Path, model: keras.Model, max_to_keep: int = 2, every: int = 1,
