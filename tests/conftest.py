@@ -49,3 +49,22 @@ def clustered_features(n: int = 240, classes: int = 6, captions: int = 3, seed: 
     feats = TrainingFeatures(image.astype(np.float32), image_aug.astype(np.float32), caps.astype(np.float32),
                              np.full(n, captions), rng.integers(0, captions, n))
     return feats, labels
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """ONE embedded Milvus server (the ``milvus`` package) for the whole session, stopped at its end.
+
+    Skips, saying why, where the optional ``milvus`` extra (pymilvus + milvus) is not installed.
+    """
+    try:
+        import milvus  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"the milvus extra is not installed ({exc}): pip install '.[milvus]' && "
+                    "pip install --no-deps milvus==2.3.5")
+    from tfduch.index.milvus import EmbeddedMilvus
+
+    server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus-server")).start()
+    yield server
+    server.stop()
