@@ -102,6 +102,9 @@ class MilvusTarget:
     timeout: float = 20.0
     retries: int = 3
     retry_wait: float = 2.0
+    #: Reads: "Session" sees every write of this process and costs no wait; "Strong" also waits for other
+    #: processes' writes (a tick of ~0.2 s per read); "Bounded" / "Eventually" may miss recent writes.
+    consistency: str = os.environ.get("TFDUCH_MILVUS_CONSISTENCY", "Session")
 
     @classmethod
     def parse(cls, location: str | os.PathLike[str], uri: str | None = None, token: str | None = None,
@@ -385,9 +388,13 @@ class MilvusCollection:
     def _client(self) -> _Client:
         return self.index.client
 
+    @property
+    def _level(self) -> str:
+        return self.index.target.consistency
+
     def __len__(self) -> int:
         rows = self._client.call(f"counting {self.collection}", lambda c: c.query(
-            self.collection, filter="", output_fields=["count(*)"]), self._reload)
+            self.collection, filter="", output_fields=["count(*)"], consistency_level=self._level), self._reload)
         return int(rows[0]["count(*)"])
 
     def _reload(self) -> None:
@@ -425,7 +432,7 @@ class MilvusCollection:
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start : start + 1000]]
             rows = self._client.call(f"reading {self.collection}", lambda c, chunk=chunk: c.query(
-                self.collection, filter=f"id in {chunk}", output_fields=["id"]))
+                self.collection, filter=f"id in {chunk}", output_fields=["id"], consistency_level=self._level))
             found += [int(r["id"]) for r in rows]
         return np.array(sorted(found), np.int64)
 
@@ -450,7 +457,7 @@ class MilvusCollection:
     def ids_where(self, expr: str) -> list[int]:
         """Ids of the items matching a Milvus filter expression (e.g. ``image_id in [3, 4]``)."""
         rows = self._client.call(f"filtering {self.collection}", lambda c: c.query(
-            self.collection, filter=expr, output_fields=["id"]))
+            self.collection, filter=expr, output_fields=["id"], consistency_level=self._level))
         return sorted(int(r["id"]) for r in rows)
 
     def compact(self) -> None:
@@ -464,7 +471,8 @@ class MilvusCollection:
         params["params"].update(extra)
         data = [row.tobytes() for row in q]
         res = self._client.call(f"searching {self.collection}", lambda c: c.search(
-            self.collection, data=data, limit=limit, search_params=params), self._reload)
+            self.collection, data=data, limit=limit, search_params=params, consistency_level=self._level),
+            self._reload)
         if len(res) != len(data):
             raise MilvusUnavailableError(f"Milvus at {self._client.uri} answered {len(res)} of {len(data)} queries")
         return [[(int(round(h["distance"])), int(h["id"])) for h in hits] for hits in res]
@@ -533,8 +541,9 @@ class MilvusCollection:
 
     def _rows(self, ids: Sequence[int], fields: list[str]) -> dict[int, dict[str, Any]]:
         wanted = [int(i) for i in ids]
-        rows = self._client.call(f"reading {self.collection}", lambda c: c.get(
-            self.collection, ids=wanted, output_fields=fields)) if wanted else []
+        rows = self._client.call(f"reading {self.collection}", lambda c: c.query(
+            self.collection, filter=f"id in {wanted}", output_fields=fields, consistency_level=self._level)
+        ) if wanted else []
         return {int(r["id"]): r for r in rows}
 
     def payloads_of(self, ids: np.ndarray) -> list[dict[str, Any]]:
@@ -683,6 +692,22 @@ class MilvusIndex(ArchiveIndex):
         self.client.call(f"writing {meta_coll}", lambda c: c.upsert(
             meta_coll, [{"key": _META_KEY, "vector": [0.0, 0.0], "value": text}]))
         return Path(self.target.location())
+
+    def flush(self, wait: float = 600.0) -> None:
+        """Seal the written rows and wait until the code index covers them (searches then use the index,
+        not a brute-force pass over growing segments): call after a bulk load."""
+        for coll in self.collections.values():
+            name = coll.collection  # type: ignore[attr-defined]
+            self.client.call(f"flushing {name}", lambda c, name=name: c.flush(name))
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                info = self.client.call(f"describing the index of {name}",
+                                        lambda c, name=name: c.describe_index(name, "code"))
+                if int(info.get("pending_index_rows", 0)) == 0 and \
+                        int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
+                    break
+                time.sleep(0.5)
+            self.client.call(f"loading {name}", lambda c, name=name: c.load_collection(name))
 
     def info(self) -> dict[str, Any]:
         out = dict(self.metadata)
