@@ -193,6 +193,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                                     **_backend_params(args.param))
     ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet)
     index.save(args.out)
+    if milvus:
+        index.flush()  # seal the rows and wait for the code index
     counts = ", ".join(f"{len(v)} {k} items" for k, v in ids.items())
     where = index.target.location() if milvus else args.out
     print(f"indexed {counts} ({index.bits}-bit codes, backend {args.backend}, model {index.model_id}) → {where}")

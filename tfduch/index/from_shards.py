@@ -232,6 +232,7 @@ def build_from_shards(folder: str | Path, out: str | Path, *, index_shards: int 
         for name in index.collections:
             index.collection(name).next_id = sum(w["count"][name] for w in written)
         index.save()
+        index.flush()
         count = {name: sum(w["count"][name] for w in written) for name in COLLECTIONS}
         return BuildResult(Path(mtarget.location()), index_shards, count, model["model_id"], notes)
     stale = set(shard_set_files(out))  # an earlier set at ``out``: its files go once the new one is written

@@ -703,8 +703,9 @@ class MilvusIndex(ArchiveIndex):
             while time.monotonic() < deadline:
                 info = self.client.call(f"describing the index of {name}",
                                         lambda c, name=name: c.describe_index(name, "code"))
-                if int(info.get("pending_index_rows", 0)) == 0 and \
-                        int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
+                # Milvus 2.3 keeps reporting pending_index_rows after the build (compaction bookkeeping):
+                # indexed_rows reaching total_rows is the signal
+                if int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0)):
                     break
                 time.sleep(0.5)
             self.client.call(f"loading {name}", lambda c, name=name: c.load_collection(name))
