@@ -102,9 +102,10 @@ class MilvusTarget:
     timeout: float = 20.0
     retries: int = 3
     retry_wait: float = 2.0
-    #: Reads: "Session" sees every write of this process and costs no wait; "Strong" also waits for other
-    #: processes' writes (a tick of ~0.2 s per read); "Bounded" / "Eventually" may miss recent writes.
-    consistency: str = os.environ.get("TFDUCH_MILVUS_CONSISTENCY", "Session")
+    #: Reads: "Strong" (default) sees every write acknowledged before the read, at the cost of waiting for
+    #: the server's next time tick (~0.2 s per read); "Session" / "Bounded" skip the wait, for read-only
+    #: serving of a finished archive (in a test, "Session" missed a delete made just before a count).
+    consistency: str = os.environ.get("TFDUCH_MILVUS_CONSISTENCY", "Strong")
 
     @classmethod
     def parse(cls, location: str | os.PathLike[str], uri: str | None = None, token: str | None = None,
@@ -432,7 +433,8 @@ class MilvusCollection:
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start : start + 1000]]
             rows = self._client.call(f"reading {self.collection}", lambda c, chunk=chunk: c.query(
-                self.collection, filter=f"id in {chunk}", output_fields=["id"], consistency_level=self._level))
+                self.collection, filter=f"id in {chunk}", output_fields=["id"], consistency_level=self._level),
+                self._reload)
             found += [int(r["id"]) for r in rows]
         return np.array(sorted(found), np.int64)
 
@@ -457,7 +459,7 @@ class MilvusCollection:
     def ids_where(self, expr: str) -> list[int]:
         """Ids of the items matching a Milvus filter expression (e.g. ``image_id in [3, 4]``)."""
         rows = self._client.call(f"filtering {self.collection}", lambda c: c.query(
-            self.collection, filter=expr, output_fields=["id"], consistency_level=self._level))
+            self.collection, filter=expr, output_fields=["id"], consistency_level=self._level), self._reload)
         return sorted(int(r["id"]) for r in rows)
 
     def compact(self) -> None:
@@ -542,8 +544,8 @@ class MilvusCollection:
     def _rows(self, ids: Sequence[int], fields: list[str]) -> dict[int, dict[str, Any]]:
         wanted = [int(i) for i in ids]
         rows = self._client.call(f"reading {self.collection}", lambda c: c.query(
-            self.collection, filter=f"id in {wanted}", output_fields=fields, consistency_level=self._level)
-        ) if wanted else []
+            self.collection, filter=f"id in {wanted}", output_fields=fields, consistency_level=self._level),
+            self._reload) if wanted else []
         return {int(r["id"]): r for r in rows}
 
     def payloads_of(self, ids: np.ndarray) -> list[dict[str, Any]]:
@@ -736,7 +738,8 @@ def open_milvus(location: str | os.PathLike[str] | MilvusTarget, *, model: dict[
         raise IndexFileError(f"no archive {target.archive!r} on Milvus at {client.uri} (collection {meta_coll} "
                              "is missing): build it with tfduch index build --out " + target.location())
     rows = client.call(f"reading {meta_coll}", lambda c: c.query(
-        meta_coll, filter=f'key == "{_META_KEY}"', output_fields=["value"]))
+        meta_coll, filter=f'key == "{_META_KEY}"', output_fields=["value"]),
+        lambda: client.call(f"loading {meta_coll}", lambda c: c.load_collection(meta_coll)))
     if not rows:
         raise IndexFileError(f"{target.location()}: the metadata row is missing (an interrupted create?): rebuild "
                              "with tfduch index build --overwrite")
