@@ -285,14 +285,17 @@ def test_open_location_accepts_path_folded_uris(milvus_server) -> None:
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_bin_flat_equals_flat_on_ucm_codes(milvus_server, ucm_root) -> None:
+def test_bin_flat_equals_flat_on_ucm_codes(ucm_root, milvus_server) -> None:
     """Codes of the real UCM split from the trained baseline run: text→image and image→image top-k."""
     run = Path(os.environ.get("TFDUCH_RUN", Path(__file__).resolve().parents[3] / "runs" / "baseline"))
     if not (run / "model.json").is_file():
         pytest.skip(f"no trained run at {run} (set TFDUCH_RUN)")
+    import dataclasses
+
     from tfduch.pipeline import encode_retrieval_sets, load_trained, prepare
 
     cfg, model, meta = load_trained(run)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(ucm_root)))  # run from any cwd
     codes = encode_retrieval_sets(model, prepare(cfg, progress=False))
     bits = codes["database_image"].shape[1]
     mdl = {"bits": bits, "model_id": "ucm"}
