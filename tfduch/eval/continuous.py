@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tfduch.codes import DEFAULT_BLOCK_ELEMENTS, iter_query_blocks
 from tfduch.eval.metrics import (
     DEFAULT_KS,
     DIRECTIONS,
@@ -26,7 +27,6 @@ from tfduch.eval.metrics import (
     _check_labels,
     _relevance_block,
 )
-from tfduch.eval.ranking import DEFAULT_BLOCK_ELEMENTS, iter_query_blocks
 
 __all__ = ["cosine_rank", "cosine_similarities", "direction_metrics_cosine", "evaluate_retrieval_cosine",
            "map_at_k_cosine"]

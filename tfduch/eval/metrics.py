@@ -34,13 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tfduch.eval.ranking import (
-    DEFAULT_BLOCK_ELEMENTS,
-    _check_pair,
-    _distances_block,
-    _rank_block,
-    iter_query_blocks,
-)
+from tfduch.codes import DEFAULT_BLOCK_ELEMENTS, check_code_pair, distances_block, iter_query_blocks
+from tfduch.eval.ranking import rank_block
 
 __all__ = [
     "DIRECTIONS",
@@ -126,7 +121,7 @@ class _Accumulator:
     def add(self, dist: np.ndarray, rel: np.ndarray) -> None:
         b, n = dist.shape
         self.n_query += b
-        order = _rank_block(dist, None)
+        order = rank_block(dist, None)
         rel_sorted = np.take_along_axis(rel, order, axis=1)
         csum = np.cumsum(rel_sorted, axis=1, dtype=np.int32)  # relevant items among the first i+1
         n_rel = csum[:, -1] if n else np.zeros(b, np.int32)
@@ -202,7 +197,7 @@ class _Accumulator:
 def _accumulate(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
                 k: int | None, ks: Sequence[int], want_pr: bool,
                 block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[_Accumulator, int]:
-    q, db = _check_pair(q_codes, db_codes)
+    q, db = check_code_pair(q_codes, db_codes)
     ql = _check_labels(q_labels, q.shape[0], "query labels")
     dbl = _check_labels(db_labels, db.shape[0], "database labels")
     _check_label_kinds(ql, dbl)
@@ -218,7 +213,7 @@ def _accumulate(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarray,
     acc = _Accumulator(k=k, ks=ks, n_bits=q.shape[1], want_pr=want_pr)
     db_t = np.ascontiguousarray(db.T, dtype=np.float32)
     for sl in iter_query_blocks(q.shape[0], n_db, block_elements):
-        acc.add(_distances_block(q[sl], db_t, q.shape[1]), _relevance_block(ql[sl], dbl))
+        acc.add(distances_block(q[sl], db_t, q.shape[1]), _relevance_block(ql[sl], dbl))
     return acc, n_db
 
 
@@ -360,7 +355,7 @@ def evaluate_retrieval(img_q: np.ndarray, txt_q: np.ndarray, img_db: np.ndarray,
         q_mod, db_mod = DIRECTIONS[name]
         results[name] = direction_metrics(codes[q_mod][0], codes[db_mod][1], q_labels, db_labels,
                                           k=k, ks=ks, name=name)
-    q0, db0 = _check_pair(img_q, img_db)
+    q0, db0 = check_code_pair(img_q, img_db)
     return RetrievalReport(k=int(k), ks=tuple(int(x) for x in ks), n_bits=q0.shape[1], n_query=q0.shape[0],
                            n_database=db0.shape[0], directions=results)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tfduch.codes import PACKING
 from tfduch.errors import TfduchError
 
 __all__ = ["METADATA_FILE", "FORMAT_VERSION", "build_metadata", "compute_model_id", "read_metadata"]
@@ -78,7 +79,7 @@ def build_metadata(*, run_meta: dict[str, Any], config: dict[str, Any], weights:
         "method": run_meta.get("method"),
         "code_length": bits,
         "packed_bytes": bits // 8,
-        "packing": "bit j = 1 where code j is +1; 8 bits per byte, big-endian (numpy.packbits order)",
+        "packing": PACKING,
         "sign_rule": "code = +1 where the head's output >= 0, else -1",
         "encoders": run_meta.get("encoders"),
         "image_dim": run_meta.get("image_dim"),

@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfduch.codes import tf_pack, tf_sign
 from tfduch.export.layout import (
     ExportError,
     check_model_name,
@@ -79,17 +80,9 @@ class Encoders:
         return int(self.image.input_shape[1])
 
 
-def binarize(h: tf.Tensor) -> tf.Tensor:
-    """int8 ±1 codes; 0 maps to +1 (the convention of ``CrossModalHasher.encode``)."""
-    return tf.where(h >= 0, tf.constant(1, tf.int8), tf.constant(-1, tf.int8))
-
-
-def pack_codes(codes: tf.Tensor) -> tf.Tensor:
-    """``[B, K]`` ±1 → ``[B, K/8]`` uint8, bit = 1 for +1, big-endian within a byte (``np.packbits``)."""
-    bits = int(codes.shape[-1])
-    weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
-    on = tf.reshape(tf.cast(codes > 0, tf.int32), [-1, bits // 8, 8])
-    return tf.cast(tf.reduce_sum(on * weights, axis=-1), tf.uint8)
+# The in-graph sign and packing are tfduch.codes' (one convention for every code in the project).
+binarize = tf_sign
+pack_codes = tf_pack
 
 
 def decode_images(image_bytes: tf.Tensor, source_size: int = SOURCE_SIZE) -> tf.Tensor:

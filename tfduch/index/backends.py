@@ -1,7 +1,7 @@
 """Search structures over packed binary codes, each trading recall, speed, memory and update cost.
 
 Every backend answers the same question — the ``k`` codes nearest in Hamming distance to each query —
-over one collection's packed codes ``uint8 [N, K/8]`` (:func:`tfduch.eval.ranking.pack_codes` order),
+over one collection's packed codes ``uint8 [N, K/8]`` (:func:`tfduch.codes.pack_codes` order),
 addressing rows by position. Results are sorted by ``(distance, position)``; positions increase with
 item ids (see :mod:`tfduch.index.core`), so ties are broken by id, as in :mod:`tfduch.eval`.
 
@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tfduch.eval.ranking import hamming_distances_packed
+from tfduch.codes import hamming_distances_packed
 from tfduch.index.errors import SearchError
 
 __all__ = [

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfduch.codes import sign
 from tfduch.models.heads import build_hash_head
 
 
@@ -74,7 +75,7 @@ class CrossModalHasher(keras.Model):
             for i in range(0, len(features), batch_size)
         ]
         h = np.concatenate(chunks) if chunks else np.zeros((0, self.bits), np.float32)
-        return np.where(h >= 0, 1, -1).astype(np.int8)
+        return sign(h)
 
     def get_config(self) -> dict[str, Any]:
         return {
