@@ -42,6 +42,7 @@ TEXTS = [
 
 def make_run(out: Path, seed: int = 0) -> Path:
     """A finished run folder (config.yaml, model.json, model.weights.h5) with real-encoder feature sizes."""
+    from tfduch import runs
     from tfduch.config import load_config
     from tfduch.encoders.efficientnet_lite import image_encoder_id
     from tfduch.encoders.minilm import text_encoder_id
@@ -58,13 +59,10 @@ def make_run(out: Path, seed: int = 0) -> Path:
                              "train.checkpoint=false", "train.tensorboard=false", "train.verbose=0",
                              f"output_dir={out}"])
     model, _ = train(cfg, features, out)
-    cfg.save(out / "config.yaml")
-    model.save_weights(out / "model.weights.h5")
-    (out / "model.json").write_text(json.dumps({
-        "method": "duch", "bits": BITS, "image_dim": 1280, "text_dim": 384, "num_train": n,
-        "encoders": {"image": image_encoder_id("lite0"), "text": text_encoder_id()},
-        "dataset": "random", "dataset_fingerprint": "f" * 64, "split_digest": "d" * 16,
-        "trained_at": "2025-01-01T00:00:00+00:00"}))
+    runs.save_config(cfg, out)
+    runs.save_model(model, cfg, out, num_train=n,
+                    encoders={"image": image_encoder_id("lite0"), "text": text_encoder_id()},
+                    dataset="random", dataset_fingerprint="f" * 64, split_digest="d" * 16)
     return out
 
 
@@ -201,14 +199,16 @@ def test_metadata_describes_the_model(exported, loaded, trained, run_dir):
     assert meta["preprocessing"]["image_size"] == 224 and meta["preprocessing"]["source_size"] == 256
     assert str(run_dir) not in json.dumps(meta)  # no machine paths
     # model_id: a digest of the heads' weights + what shapes the codes; same run -> same id.
-    weights = [(v.path, v.numpy()) for v in model.image_head.weights + model.text_head.weights]
-    again = build_metadata(run_meta=run_meta, config=cfg.to_dict(), weights=weights,
-                           preprocessing=meta["preprocessing"], signatures=meta["signatures"],
+    from tfduch.runs import compute_model_id, head_weights, model_identity
+
+    weights, identity = head_weights(model), model_identity(run_meta, cfg.to_dict())
+    again = build_metadata(run_meta={**run_meta, "model_id": compute_model_id(weights, identity)},
+                           config=cfg.to_dict(), preprocessing=meta["preprocessing"], signatures=meta["signatures"],
                            model_name="other", version=7)
     assert again["model_id"] == meta["model_id"] == loaded.model_id
     weights[0] = (weights[0][0], weights[0][1] + 1e-6)
-    changed = build_metadata(run_meta=run_meta, config=cfg.to_dict(), weights=weights,
-                             preprocessing=meta["preprocessing"], signatures=meta["signatures"],
+    changed = build_metadata(run_meta={**run_meta, "model_id": compute_model_id(weights, identity)},
+                             config=cfg.to_dict(), preprocessing=meta["preprocessing"], signatures=meta["signatures"],
                              model_name="ucm", version=1)
     assert changed["model_id"] != meta["model_id"]
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from tfduch.config import DATA_ENV, SPLIT_METHODS, Config, load_config
+from tfduch.config import DATA_ENV, SPLIT_METHODS, STRATEGIES, Config, load_config
 from tfduch.errors import run_command
 
 # Further commands live beside the code they drive; each module defines ``register(subparsers)``
@@ -59,7 +59,7 @@ def _common(p: argparse.ArgumentParser, with_output: bool = True) -> None:
 
 
 def _strategy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+    p.add_argument("--strategy", choices=STRATEGIES,
                    help="tf.distribute strategy (train.strategy): mirrored = the GPUs of this host, multiworker = "
                    "the machines in TF_CONFIG; see docs/scale.md")
 

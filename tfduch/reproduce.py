@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from tfduch.config import Config, load_config
+from tfduch.config import Config, load_config, model_fields
 from tfduch.errors import ConfigError
 from tfduch.eval import RetrievalReport, markdown_table
 from tfduch.eval.metrics import PRCurve
@@ -185,10 +185,6 @@ def cell_config(spec: ReproduceSpec, cell: Cell) -> Config:
     return load_config(path if path.is_file() else None, overrides)
 
 
-_VOLATILE = {("output_dir",), ("data", "root"), ("data", "split_file"), ("features", "cache_dir"),
-             ("train", "verbose"), ("train", "checkpoint"), ("train", "tensorboard"), ("eval", "plots")}
-
-
 def _settings(spec: ReproduceSpec, cell: Cell, prepared: Prepared) -> dict[str, Any]:
     """What determines a cell's result; a stored cell with different settings is recomputed."""
     settings: dict[str, Any] = {"version": CELL_VERSION, "cell": cell.key,
@@ -196,13 +192,7 @@ def _settings(spec: ReproduceSpec, cell: Cell, prepared: Prepared) -> dict[str, 
                                 "split": prepared.split.digest(), "encoders": prepared.features.encoder_ids}
     if cell.method in CLASSICAL or cell.method in REFERENCE:
         return settings
-    resolved = cell_config(spec, cell).to_dict()
-    for section, *rest in _VOLATILE:
-        if rest:
-            resolved.get(section, {}).pop(rest[0], None)
-        else:
-            resolved.pop(section, None)
-    settings["config"] = resolved
+    settings["config"] = model_fields(cell_config(spec, cell).to_dict())
     return settings
 
 

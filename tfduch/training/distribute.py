@@ -25,9 +25,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfduch.config import STRATEGIES
 from tfduch.errors import ConfigError
-
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 _created: dict[str, tf.distribute.Strategy] = {}
 
