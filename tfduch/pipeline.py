@@ -5,6 +5,7 @@ Each stage is a small function so the CLI, the benchmarks and the tests compose 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tfduch.data.noise import CaptionNoise, load_or_make_caption_noise
 from tfduch.data.split import ProtocolSplit, load_or_make_split
 from tfduch.eval import RetrievalReport, evaluate_retrieval, write_report
 from tfduch.features.build import FeatureSet, build_features
+from tfduch.methods import learned_method
 from tfduch.models.base import CrossModalHasher
 from tfduch.runs import noise_path, split_path
 from tfduch.training.data import TrainingFeatures
@@ -74,7 +76,7 @@ def training_features(prepared: Prepared, noise: CaptionNoise | None = None) -> 
 def caption_noise(cfg: Config, prepared: Prepared) -> CaptionNoise | None:
     """The configured caption noise and clean subset (reused from / saved to ``noise_path``), or None if neither
     is needed (``noise.p`` = 0 and a method that does not learn from a clean subset)."""
-    if cfg.noise.p <= 0 and cfg.model.method != "chnr":
+    if cfg.noise.p <= 0 and not learned_method(cfg.model.method).needs_clean_subset:
         return None
     n = cfg.noise
     return load_or_make_caption_noise(noise_path(cfg), prepared.dataset.labels[prepared.split.train],
@@ -122,6 +124,55 @@ def load_trained(run_dir: str | Path) -> tuple[Config, CrossModalHasher, dict[st
     return run.config, run.model, run.meta
 
 
+def evaluate_encoders(prepared: Prepared, encode_image: Callable[[np.ndarray], np.ndarray],
+                      encode_text: Callable[[np.ndarray], np.ndarray], k: int, ks: Sequence[int],
+                      cosine: bool = False, directions: Sequence[str] | None = None) -> RetrievalReport:
+    """Evaluate any pair of encoders (a model's heads, a classical baseline, the identity) on query/database.
+
+    ``cosine`` ranks continuous outputs by cosine similarity instead of binary codes by Hamming distance.
+    """
+    from tfduch.eval.continuous import evaluate_retrieval_cosine
+
+    q_img, q_txt, q_lab = retrieval_features(prepared, "query")
+    d_img, d_txt, d_lab = retrieval_features(prepared, "database")
+    args = (encode_image(q_img), encode_text(q_txt), encode_image(d_img), encode_text(d_txt), q_lab, d_lab)
+    if cosine:
+        return evaluate_retrieval_cosine(*args, k=k, ks=ks, directions=directions)
+    return evaluate_retrieval(*args, k=k, ks=ks)
+
+
+def fit_classical(name: str, prepared: Prepared, bits: int, seed: int = 0) -> tuple[Any, float]:
+    """Fit the classical baseline ``name`` (``tfduch.methods.CLASSICAL``) on the training rows; (hasher, seconds)."""
+    import time
+
+    from tfduch.methods import classical_method
+
+    method = classical_method(name)
+    train = training_features(prepared)
+    start = time.perf_counter()
+    hasher = method.fit(bits, seed, train.image, train.text)
+    return hasher, time.perf_counter() - start
+
+
+def fit_method(cfg: Config, prepared: Prepared, out_dir: str | Path,
+               evaluate: Callable[[CrossModalHasher], dict[str, float]] | None = None
+               ) -> tuple[CrossModalHasher, dict[str, Any], TrainingFeatures, CaptionNoise | None]:
+    """Train the configured learned method: the one training path of ``run``, ``train`` and ``reproduce``.
+
+    Draws the caption noise / clean subset the config or the method asks for, builds the training rows and the
+    model, and trains it (``evaluate(model)`` every ``train.eval_every`` epochs). Returns the model, the training
+    summary, the training features and the noise.
+    """
+    from tfduch.training.trainer import build_model, train
+
+    noise = caption_noise(cfg, prepared)
+    features = training_features(prepared, noise)
+    model = build_model(cfg, features)
+    periodic = None if evaluate is None else (lambda: evaluate(model))
+    model, summary = train(cfg, features, out_dir, evaluate=periodic, model=model)
+    return model, summary, features, noise
+
+
 def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | None = None,
                        plots: bool | None = None) -> tuple[CrossModalHasher, RetrievalReport, dict[str, Any]]:
     """Train the configured method on the split's training items and evaluate on query/database.
@@ -130,24 +181,14 @@ def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | No
     the run folder (config, weights, reports, summary).
     """
     from tfduch.training.distribute import is_chief, make_strategy
-    from tfduch.training.trainer import train
 
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     chief = is_chief(make_strategy(cfg.train.strategy))
     if chief:
         runs.save_config(cfg, out)
-    holder: dict[str, CrossModalHasher] = {}
-
-    def periodic() -> dict[str, float]:
-        return evaluate_codes(encode_retrieval_sets(holder["model"], prepared), cfg).summary()
-
-    from tfduch.training.trainer import build_model
-
-    noise = caption_noise(cfg, prepared)
-    features = training_features(prepared, noise)
-    holder["model"] = build_model(cfg, features)
-    model, summary = train(cfg, features, out, evaluate=periodic, model=holder["model"])
+    model, summary, features, noise = fit_method(
+        cfg, prepared, out, evaluate=lambda m: evaluate_codes(encode_retrieval_sets(m, prepared), cfg).summary())
     codes = encode_retrieval_sets(model, prepared)
     report = evaluate_codes(codes, cfg)
     if not chief:

@@ -42,6 +42,11 @@ class CrossModalHasher(keras.Model):
         """What the hashing optimizer updates (a method with more trainable parts extends it)."""
         return self.image_head.trainable_variables + self.text_head.trainable_variables
 
+    def build_state(self) -> None:
+        """Create every variable (heads, optimizer slots) now, so checkpoints restore into existing variables."""
+        self({"image": tf.zeros((2, self.image_dim)), "text": tf.zeros((2, self.text_dim))})
+        self.optimizer.build(self.hashing_variables)
+
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         out = {}
         if "image" in inputs:
