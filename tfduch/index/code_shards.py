@@ -1,10 +1,13 @@
 """Sharded code files: the hand-over format between archive encoding (``tfduch encode-archive``) and the index.
 
+It lives in ``tfduch.index`` because it is what the index ingests; ``tfduch.archive`` (above the index) writes
+it, and ``tfduch.archive.shards`` re-exports it under its historical name.
+
 A shard folder holds::
 
     manifest.json                          bits, model_id + model metadata, input glob, shard count, totals
     codes-SSSSS-of-NNNNN.npz               one per shard (np.savez, no pickles):
-        packed    uint8 [n, K/8]   numpy.packbits(codes > 0, axis=1): the export's / the index's ``packed`` order
+        packed    uint8 [n, K/8]   tfduch.codes.pack_codes: the export's / the index's ``packed`` order
         paths     str   [n]        source file URIs, in the sorted input order
         payloads  str   [n]        one JSON object per item: {"path", "id", "class" (or null), "captions": [...]}
         meta      str   []         JSON: shard index / count, model_id, bits, sha256 of the shard's input list
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tfduch.errors import DataError
-from tfduch.io import _json_default, atomic_write_bytes
+from tfduch.io import atomic_write_bytes, json_default
 
 __all__ = ["DEAD_LETTER_NAME", "MANIFEST_NAME", "SHARD_NAME", "Shard", "ShardError", "dead_letter_name",
            "inputs_digest", "iter_shards", "join", "read_dead_letters", "read_manifest", "read_shard",
@@ -108,7 +111,7 @@ def _exists(path: str) -> bool:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=json_default)
 
 
 def write_shard(folder: str | Path, index: int, count: int, packed: np.ndarray, paths: Sequence[str],
@@ -164,7 +167,7 @@ def read_dead_letters(folder: str | Path, index: int, count: int) -> list[dict[s
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
-    _write_bytes(join(folder, MANIFEST_NAME), (json.dumps(manifest, indent=2, default=_json_default) + "\n").encode())
+    _write_bytes(join(folder, MANIFEST_NAME), (json.dumps(manifest, indent=2, default=json_default) + "\n").encode())
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
