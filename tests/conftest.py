@@ -49,3 +49,29 @@ def clustered_features(n: int = 240, classes: int = 6, captions: int = 3, seed: 
     feats = TrainingFeatures(image.astype(np.float32), image_aug.astype(np.float32), caps.astype(np.float32),
                              np.full(n, captions), rng.integers(0, captions, n))
     return feats, labels
+
+
+def make_run(out: Path, seed: int = 0, bits: int = 32) -> Path:
+    """A finished run folder written through tfduch.runs, with real-encoder (lite0, MiniLM) feature sizes."""
+    from tfduch import runs
+    from tfduch.config import load_config
+    from tfduch.encoders.efficientnet_lite import image_encoder_id
+    from tfduch.encoders.minilm import text_encoder_id
+    from tfduch.training.data import TrainingFeatures
+    from tfduch.training.trainer import train
+
+    rng = np.random.default_rng(seed)
+    n = 64
+    image = rng.normal(size=(n, 1280)).astype(np.float32)
+    captions = rng.normal(size=(n, 2, 384)).astype(np.float32)
+    features = TrainingFeatures(image, image[None] + 0.1, captions, np.full(n, 2), rng.integers(0, 2, n))
+    cfg = load_config(None, [f"model.bits={bits}", "model.hidden_dim=256", "train.epochs=1", "train.batch_size=32",
+                             "features.image_encoder=lite0",
+                             "train.checkpoint=false", "train.tensorboard=false", "train.verbose=0",
+                             f"output_dir={out}"])
+    model, _ = train(cfg, features, out)
+    runs.save_config(cfg, out)
+    runs.save_model(model, cfg, out, num_train=n,
+                    encoders={"image": image_encoder_id("lite0"), "text": text_encoder_id()},
+                    dataset="random", dataset_fingerprint="f" * 64, split_digest="d" * 16)
+    return out

@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfduch.codes import tf_pack, tf_sign
 from tfduch.export.layout import (
     ExportError,
     check_model_name,
@@ -79,17 +80,9 @@ class Encoders:
         return int(self.image.input_shape[1])
 
 
-def binarize(h: tf.Tensor) -> tf.Tensor:
-    """int8 ±1 codes; 0 maps to +1 (the convention of ``CrossModalHasher.encode``)."""
-    return tf.where(h >= 0, tf.constant(1, tf.int8), tf.constant(-1, tf.int8))
-
-
-def pack_codes(codes: tf.Tensor) -> tf.Tensor:
-    """``[B, K]`` ±1 → ``[B, K/8]`` uint8, bit = 1 for +1, big-endian within a byte (``np.packbits``)."""
-    bits = int(codes.shape[-1])
-    weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
-    on = tf.reshape(tf.cast(codes > 0, tf.int32), [-1, bits // 8, 8])
-    return tf.cast(tf.reduce_sum(on * weights, axis=-1), tf.uint8)
+# The in-graph sign and packing are tfduch.codes' (one convention for every code in the project).
+binarize = tf_sign
+pack_codes = tf_pack
 
 
 def decode_images(image_bytes: tf.Tensor, source_size: int = SOURCE_SIZE) -> tf.Tensor:
@@ -194,13 +187,13 @@ class CodeExport(tf.Module):
 
 def _load_run(run_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     from tfduch.errors import TfduchError
-    from tfduch.pipeline import load_trained
+    from tfduch.runs import load_run
 
     run = Path(run_dir)
     if not run.is_dir():
         raise ExportError(f"run folder not found: {run}")
     try:
-        return load_trained(run)
+        return tuple(load_run(run))
     except TfduchError as exc:
         raise ExportError(f"cannot export {run}: {exc}") from exc
     except (OSError, ValueError, KeyError) as exc:
@@ -244,17 +237,17 @@ def export_model(run_dir: str | Path, base_dir: str | Path, model_name: str = "t
     _check_encoders(run, run_meta, encoders, model)
     module = CodeExport(model.image_head, model.text_head, encoders, cfg.features.image_view)
     version = next_version(model_dir) if version is None else version
-    weights = [(v.path, v.numpy()) for v in model.image_head.weights + model.text_head.weights]
-    metadata = build_metadata(run_meta=run_meta, config=cfg.to_dict(), weights=weights,
-                              preprocessing=module.preprocessing(), signatures=module.describe(),
-                              model_name=model_name, version=version)
+    metadata = build_metadata(run_meta=run_meta, config=cfg.to_dict(), preprocessing=module.preprocessing(),
+                              signatures=module.describe(), model_name=model_name, version=version)
 
     def build(tmp: Path) -> None:
         tf.saved_model.save(module, str(tmp), signatures=module.signatures())
         if tflite is not None:
             from tfduch.export.tflite import write_tflite
 
-            metadata["tflite"] = write_tflite(module, tmp / "assets.extra" / "tflite", tflite)
+            entries = write_tflite(module, tmp / "assets.extra" / "tflite", tflite)
+            # Each TFLite file is the run's model too: it reports the run's model_id.
+            metadata["tflite"] = {k: {**v, "model_id": metadata["model_id"]} for k, v in entries.items()}
         atomic_write_json(tmp / METADATA_FILE, metadata)
 
     path = write_version(model_dir, version, build)

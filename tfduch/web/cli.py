@@ -29,12 +29,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from tfduch.index.cli import _encoder
+    from tfduch.index.cli import query_encoder
     from tfduch.index.sharded import open_index
     from tfduch.web.app import SearchApp, serve
 
     index = open_index(args.index)  # a single index or a shard set
-    encoder = _encoder(args, index.metadata.get("model"))
+    encoder = query_encoder(args, index.metadata.get("model"))
     app = SearchApp(index, encoder, max_query_chars=args.max_query_chars, max_k=args.max_k)
     print("warming up the text encoder …", file=sys.stderr)
     encoder.encode_texts(["warm up"])

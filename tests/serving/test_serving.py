@@ -49,7 +49,7 @@ from tfduch.serving.models import (  # noqa: E402
 from tfduch.serving.server import ModelServer, ServerOptions  # noqa: E402
 
 BITS = 16
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------------
