@@ -19,7 +19,7 @@ representative images, with the earlier layers already rounded) is absorbed by t
 Rounding every kernel to the nearest int8 step shifts the pre-sign outputs enough to flip ≈ 1.7 % of the
 code bits by itself; with the correction the same int8 weights flip ≈ 0.6 %. ``dynamic``'s per-inference activation
 scales add almost nothing on top, while full ``int8`` also rounds every layer's output to a fixed calibrated
-int8 range. Measured on UCM (export/README.md): ``dynamic`` 99.58 % and ``int8`` 99.21 % of the bits with the
+int8 range. Measured on UCM (docs/export.md): ``dynamic`` 99.58 % and ``int8`` 99.21 % of the bits with the
 default ``lite0-ms`` features; 99.34 % and ≈ 98.5 % with ``lite0``'s.
 
 Each variant's bit agreement with the SavedModel's codes is measured at export time on held-out images
