@@ -16,7 +16,8 @@ from tfduch.errors import TfduchError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfduch-edge", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="tfduch-edge", description="Encode images into packed binary codes "
+                                     "with an export's TFLite model, without TensorFlow (LiteRT, Pillow, numpy).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="example:\n  tfduch-edge encode --model image_int8.tflite scene1.png "
                                      "scene2.webp")
