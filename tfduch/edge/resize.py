@@ -11,6 +11,7 @@ compare with ``tf.image.resize`` for equality, not closeness (gathering columns 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -20,8 +21,12 @@ __all__ = ["resize_antialias"]
 _F = np.float32
 
 
+@functools.lru_cache(maxsize=64)
 def _spans(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts ``[out]``, weights ``[out, span]``) of the triangle kernel, as TF computes them in float32."""
+    """(starts ``[out]``, weights ``[out, span]``) of the triangle kernel, as TF computes them in float32.
+
+    Cached: a station resizes every image between the same few sizes, and this loop is pure Python.
+    """
     scale = _F(out_size) / _F(in_size)  # tf.image.resize: float32 size ratio
     inv_scale = _F(1.0 / float(scale))  # `const float inv_scale = 1.0 / scale;` (double division)
     kernel_scale = max(inv_scale, _F(1.0))  # antialias: widen the kernel when downsampling
@@ -47,6 +52,8 @@ def _spans(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
             inverse = _F(1.0) / total
             weights[x, : len(row)] = [_F(w * inverse) for w in row]
         starts[x] = start
+    starts.setflags(write=False)
+    weights.setflags(write=False)
     return starts, weights
 
 
@@ -69,6 +76,6 @@ def resize_antialias(image: np.ndarray, height: int, width: int) -> np.ndarray:
     x = np.asarray(image).astype(np.float32)
     if x.ndim != 3:
         raise ValueError(f"resize_antialias takes an [H, W, C] image, got shape {x.shape}")
-    col_starts, col_weights = _spans(x.shape[1], int(width))
-    row_starts, row_weights = _spans(x.shape[0], int(height))
+    col_starts, col_weights = _spans(int(x.shape[1]), int(width))
+    row_starts, row_weights = _spans(int(x.shape[0]), int(height))
     return _gather(_gather(x, 0, row_starts, row_weights), 1, col_starts, col_weights)
