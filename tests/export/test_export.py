@@ -132,7 +132,7 @@ def test_signatures_names_dtypes_and_shapes(loaded):
 
     sigs = loaded.signatures
     assert set(sigs) == {"serving_default", "encode_text", "encode_image", "encode_image_features",
-                         "encode_text_features"}
+                         "encode_text_features", "metadata"}
     expected_inputs = {"serving_default": ("text", tf.string, [None]), "encode_text": ("text", tf.string, [None]),
                        "encode_image": ("image_bytes", tf.string, [None]),
                        "encode_image_features": ("features", tf.float32, [None, 1280]),
@@ -458,7 +458,7 @@ def test_bias_correction_runs_from_block_boundaries_only_where_the_graph_allows(
     """Measurements start from cached activations at single-tensor cuts; a residual branch is not cut."""
     import keras
 
-    from tfduch.export.tflite import _cut_positions, bias_corrected_encoder
+    from tfduch.export.bias_correction import bias_corrected_encoder, cut_positions
 
     inputs = keras.Input((8, 8, 3), name="images")
     a = keras.layers.BatchNormalization(name="a_bn")(
@@ -470,7 +470,7 @@ def test_bias_correction_runs_from_block_boundaries_only_where_the_graph_allows(
         keras.layers.Conv2D(4, 1, use_bias=False, name="c_conv")(x))
     model = keras.Model(inputs, outputs)
     names = [layer.name for layer in model.layers]
-    cuts = {names[i] for i in _cut_positions(model)}
+    cuts = {names[i] for i in cut_positions(model)}
     assert {"images", "a_conv", "a_bn", "add", "c_conv", "c_bn"} <= cuts
     assert not {"b_conv", "b_bn"} & cuts  # the add still reads a_bn past them
     rng = np.random.default_rng(1)
