@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from tfduch.config import DATA_ENV, SPLIT_METHODS, Config, load_config
+from tfduch.config import DATA_ENV, SPLIT_METHODS, STRATEGIES, Config, load_config
 from tfduch.errors import run_command
 
 # Further commands live beside the code they drive; each module defines ``register(subparsers)``
@@ -59,7 +59,7 @@ def _common(p: argparse.ArgumentParser, with_output: bool = True) -> None:
 
 
 def _strategy(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+    p.add_argument("--strategy", choices=STRATEGIES,
                    help="tf.distribute strategy (train.strategy): mirrored = the GPUs of this host, multiworker = "
                    "the machines in TF_CONFIG; see docs/scale.md")
 
@@ -152,7 +152,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace, baselines: bool = False) -> int:
-    from tfduch.pipeline import prepare, retrieval_features, train_and_evaluate, training_features
+    from tfduch.pipeline import evaluate_encoders, fit_classical, prepare, train_and_evaluate
     from tfduch.training.distribute import make_strategy
 
     cfg = config_from_args(args)
@@ -166,17 +166,12 @@ def cmd_train(args: argparse.Namespace, baselines: bool = False) -> int:
     print(f"\ntrained in {summary['train_seconds']:.1f} s; reports in {cfg.output_dir}/metrics.md\n")
     rows = [_row(f"{cfg.model.method.upper()}-{cfg.model.bits}", report.summary(), cfg.eval.k)]
     if baselines:
-        from tfduch.baselines import CCAITQ, RidgePCAITQ
-        from tfduch.eval import evaluate_retrieval
+        from tfduch.methods import CLASSICAL
 
-        tf_ = training_features(prep)
-        q_img, q_txt, q_lab = retrieval_features(prep, "query")
-        d_img, d_txt, d_lab = retrieval_features(prep, "database")
-        for name, cls in (("CCA+ITQ", CCAITQ), ("Ridge+PCA+ITQ", RidgePCAITQ)):
-            base = cls(cfg.model.bits).fit(tf_.image, tf_.text)
-            rep = evaluate_retrieval(base.encode_image(q_img), base.encode_text(q_txt), base.encode_image(d_img),
-                                     base.encode_text(d_txt), q_lab, d_lab, k=cfg.eval.k, ks=cfg.eval.ks)
-            rows.append(_row(f"{name}-{cfg.model.bits}", rep.summary(), cfg.eval.k))
+        for method in CLASSICAL.values():
+            hasher, _ = fit_classical(method.name, prep, cfg.model.bits)
+            rep = evaluate_encoders(prep, hasher.encode_image, hasher.encode_text, cfg.eval.k, cfg.eval.ks)
+            rows.append(_row(f"{method.display}-{cfg.model.bits}", rep.summary(), cfg.eval.k))
     _print_table(rows, cfg.eval.k)
     return 0
 

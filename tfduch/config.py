@@ -21,6 +21,13 @@ DATA_ENV = "TFDUCH_DATA"
 CACHE_ENV = "TFDUCH_CACHE"
 #: How the protocol split draws its images (tfduch.data.split): the DUCH reference code's draw, or tfduch 0.1's.
 SPLIT_METHODS = ("reference", "numpy")
+#: The tf.distribute strategies a run can ask for (train.strategy, --strategy); tfduch.training.distribute builds them.
+STRATEGIES = ("default", "mirrored", "multiworker")
+#: Config fields that name places on a machine or switch logging, not choices that change the trained model:
+#: left out of a model's identity (tfduch.runs.model_id) and of a reproduce cell's settings.
+NON_MODEL_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("output_dir",), ("data", "root"), ("data", "split_file"), ("features", "cache_dir"), ("train", "verbose"),
+    ("train", "checkpoint"), ("train", "tensorboard"), ("eval", "plots"))
 
 
 @dataclass
@@ -192,8 +199,7 @@ class Config:
             (self.train.epochs > 0, "train.epochs must be positive"),
             (self.train.batch_size > 1, "train.batch_size must be > 1 (contrastive loss needs negatives)"),
             (self.train.lr > 0, "train.lr must be positive"),
-            (self.train.strategy in ("default", "mirrored", "multiworker"),
-             "train.strategy must be default|mirrored|multiworker"),
+            (self.train.strategy in STRATEGIES, f"train.strategy must be {'|'.join(STRATEGIES)}"),
             (self.data.split_method in SPLIT_METHODS, f"data.split_method must be {'|'.join(SPLIT_METHODS)}"),
             (0 < self.data.train_fraction < 1, "data.train_fraction must be in (0, 1)"),
             (0 < self.data.query_fraction < 1, "data.query_fraction must be in (0, 1)"),
@@ -224,6 +230,18 @@ class Config:
 
     def cache_root(self) -> Path:
         return default_cache_dir(self.features.cache_dir)
+
+
+def model_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config dict (``Config.to_dict()``) without :data:`NON_MODEL_FIELDS` (a copy)."""
+    out = yaml.safe_load(yaml.safe_dump(config))
+    for keys in NON_MODEL_FIELDS:
+        section = out
+        for key in keys[:-1]:
+            section = section.get(key, {}) if isinstance(section, dict) else {}
+        if isinstance(section, dict):
+            section.pop(keys[-1], None)
+    return out
 
 
 def default_cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

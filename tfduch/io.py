@@ -47,7 +47,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def atomic_save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
@@ -55,7 +55,7 @@ def atomic_save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
         np.savez(tmp, **arrays)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -5,21 +5,23 @@ Each stage is a small function so the CLI, the benchmarks and the tests compose 
 
 from __future__ import annotations
 
-import datetime as _dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tfduch import runs
 from tfduch.config import Config
 from tfduch.data.karpathy import CaptionDataset, load_dataset
 from tfduch.data.noise import CaptionNoise, load_or_make_caption_noise
 from tfduch.data.split import ProtocolSplit, load_or_make_split
 from tfduch.eval import RetrievalReport, evaluate_retrieval, write_report
 from tfduch.features.build import FeatureSet, build_features
-from tfduch.io import atomic_path, atomic_write_json
+from tfduch.methods import learned_method
 from tfduch.models.base import CrossModalHasher
+from tfduch.runs import noise_path, split_path
 from tfduch.training.data import TrainingFeatures
 
 
@@ -30,12 +32,6 @@ class Prepared:
     dataset: CaptionDataset
     split: ProtocolSplit
     features: FeatureSet
-
-
-def split_path(cfg: Config) -> Path:
-    if cfg.data.split_file:
-        return Path(cfg.data.split_file)
-    return Path(cfg.output_dir) / f"split-seed{cfg.data.split_seed}.json"
 
 
 def prepare(cfg: Config, progress: bool = True) -> Prepared:
@@ -77,16 +73,10 @@ def training_features(prepared: Prepared, noise: CaptionNoise | None = None) -> 
     )
 
 
-def noise_path(cfg: Config) -> Path:
-    if cfg.noise.file:
-        return Path(cfg.noise.file)
-    return Path(cfg.output_dir) / f"noise-p{cfg.noise.p:g}-seed{cfg.noise.seed}.json"
-
-
 def caption_noise(cfg: Config, prepared: Prepared) -> CaptionNoise | None:
     """The configured caption noise and clean subset (reused from / saved to ``noise_path``), or None if neither
     is needed (``noise.p`` = 0 and a method that does not learn from a clean subset)."""
-    if cfg.noise.p <= 0 and cfg.model.method != "chnr":
+    if cfg.noise.p <= 0 and not learned_method(cfg.model.method).needs_clean_subset:
         return None
     n = cfg.noise
     return load_or_make_caption_noise(noise_path(cfg), prepared.dataset.labels[prepared.split.train],
@@ -120,45 +110,67 @@ def evaluate_codes(codes: dict[str, np.ndarray], cfg: Config) -> RetrievalReport
 
 
 def save_model(model: CrossModalHasher, cfg: Config, prepared: Prepared, out_dir: Path,
-               summary: dict[str, Any]) -> Path:
-    """Weights + the metadata a later ``evaluate`` / ``export`` needs, written atomically."""
-    path = out_dir / "model.weights.h5"
-    with atomic_path(path, suffix=".weights.h5") as tmp:
-        model.save_weights(tmp)
-    atomic_write_json(out_dir / "model.json", {
-        "method": cfg.model.method,
-        "bits": model.bits,
-        "image_dim": model.image_dim,
-        "text_dim": model.text_dim,
-        "num_train": len(prepared.split.train),
-        "encoders": prepared.features.encoder_ids,
-        "dataset": prepared.dataset.name,
-        "dataset_fingerprint": prepared.dataset.fingerprint(),
-        "split_digest": prepared.split.digest(),
-        "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "train_seconds": summary.get("train_seconds"),
-    })
-    return path
+               summary: dict[str, Any]) -> dict[str, Any]:
+    """Weights + ``model.json`` (with the model's one ``model_id``) through :func:`tfduch.runs.save_model`."""
+    return runs.save_model(model, cfg, out_dir, num_train=len(prepared.split.train),
+                           encoders=prepared.features.encoder_ids, dataset=prepared.dataset.name,
+                           dataset_fingerprint=prepared.dataset.fingerprint(), split_digest=prepared.split.digest(),
+                           train_seconds=summary.get("train_seconds"))
 
 
 def load_trained(run_dir: str | Path) -> tuple[Config, CrossModalHasher, dict[str, Any]]:
     """A finished run's resolved config, its model with trained weights, and its ``model.json`` metadata."""
-    import json
+    run = runs.load_run(run_dir)
+    return run.config, run.model, run.meta
 
-    from tfduch.config import load_config
-    from tfduch.errors import TfduchError
-    from tfduch.training.trainer import ModelShape, build_model
 
-    run = Path(run_dir)
-    missing = [n for n in ("config.yaml", "model.json", "model.weights.h5") if not (run / n).is_file()]
-    if missing:
-        raise TfduchError(f"{run} is not a finished run folder: missing {', '.join(missing)}")
-    # Inference needs no cluster: a run trained with train.strategy=multiworker is loaded on this device.
-    cfg = load_config(run / "config.yaml", [f"output_dir={run}", "train.strategy=default"])
-    meta = json.loads((run / "model.json").read_text())
-    model = build_model(cfg, ModelShape(meta["image_dim"], meta["text_dim"], meta["num_train"]))
-    model.load_weights(run / "model.weights.h5")
-    return cfg, model, meta
+def evaluate_encoders(prepared: Prepared, encode_image: Callable[[np.ndarray], np.ndarray],
+                      encode_text: Callable[[np.ndarray], np.ndarray], k: int, ks: Sequence[int],
+                      cosine: bool = False, directions: Sequence[str] | None = None) -> RetrievalReport:
+    """Evaluate any pair of encoders (a model's heads, a classical baseline, the identity) on query/database.
+
+    ``cosine`` ranks continuous outputs by cosine similarity instead of binary codes by Hamming distance.
+    """
+    from tfduch.eval.continuous import evaluate_retrieval_cosine
+
+    q_img, q_txt, q_lab = retrieval_features(prepared, "query")
+    d_img, d_txt, d_lab = retrieval_features(prepared, "database")
+    args = (encode_image(q_img), encode_text(q_txt), encode_image(d_img), encode_text(d_txt), q_lab, d_lab)
+    if cosine:
+        return evaluate_retrieval_cosine(*args, k=k, ks=ks, directions=directions)
+    return evaluate_retrieval(*args, k=k, ks=ks)
+
+
+def fit_classical(name: str, prepared: Prepared, bits: int, seed: int = 0) -> tuple[Any, float]:
+    """Fit the classical baseline ``name`` (``tfduch.methods.CLASSICAL``) on the training rows; (hasher, seconds)."""
+    import time
+
+    from tfduch.methods import classical_method
+
+    method = classical_method(name)
+    train = training_features(prepared)
+    start = time.perf_counter()
+    hasher = method.fit(bits, seed, train.image, train.text)
+    return hasher, time.perf_counter() - start
+
+
+def fit_method(cfg: Config, prepared: Prepared, out_dir: str | Path,
+               evaluate: Callable[[CrossModalHasher], dict[str, float]] | None = None
+               ) -> tuple[CrossModalHasher, dict[str, Any], TrainingFeatures, CaptionNoise | None]:
+    """Train the configured learned method: the one training path of ``run``, ``train`` and ``reproduce``.
+
+    Draws the caption noise / clean subset the config or the method asks for, builds the training rows and the
+    model, and trains it (``evaluate(model)`` every ``train.eval_every`` epochs). Returns the model, the training
+    summary, the training features and the noise.
+    """
+    from tfduch.training.trainer import build_model, train
+
+    noise = caption_noise(cfg, prepared)
+    features = training_features(prepared, noise)
+    model = build_model(cfg, features)
+    periodic = None if evaluate is None else (lambda: evaluate(model))
+    model, summary = train(cfg, features, out_dir, evaluate=periodic, model=model)
+    return model, summary, features, noise
 
 
 def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | None = None,
@@ -169,24 +181,14 @@ def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | No
     the run folder (config, weights, reports, summary).
     """
     from tfduch.training.distribute import is_chief, make_strategy
-    from tfduch.training.trainer import train
 
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     chief = is_chief(make_strategy(cfg.train.strategy))
     if chief:
-        cfg.save(out / "config.yaml")
-    holder: dict[str, CrossModalHasher] = {}
-
-    def periodic() -> dict[str, float]:
-        return evaluate_codes(encode_retrieval_sets(holder["model"], prepared), cfg).summary()
-
-    from tfduch.training.trainer import build_model
-
-    noise = caption_noise(cfg, prepared)
-    features = training_features(prepared, noise)
-    holder["model"] = build_model(cfg, features)
-    model, summary = train(cfg, features, out, evaluate=periodic, model=holder["model"])
+        runs.save_config(cfg, out)
+    model, summary, features, noise = fit_method(
+        cfg, prepared, out, evaluate=lambda m: evaluate_codes(encode_retrieval_sets(m, prepared), cfg).summary())
     codes = encode_retrieval_sets(model, prepared)
     report = evaluate_codes(codes, cfg)
     if not chief:
@@ -199,5 +201,5 @@ def train_and_evaluate(cfg: Config, prepared: Prepared, out_dir: str | Path | No
                                               title=f"{cfg.model.method.upper()} p={cfg.noise.p:g}")
     write_report(report, out, title=f"{cfg.model.method.upper()} {cfg.model.bits} bits on {prepared.dataset.name}",
                  plots=cfg.eval.plots if plots is None else plots)
-    atomic_write_json(out / "summary.json", {**summary, "metrics": report.summary()})
+    runs.save_summary(out, {**summary, "metrics": report.summary()})
     return model, report, summary

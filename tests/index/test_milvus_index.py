@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfduch.archive.shards import write_manifest, write_shard
+from tfduch.index.code_shards import write_manifest, write_shard
 from tfduch.cli import main
 from tfduch.eval.ranking import pack_codes
 from tfduch.index import ArchiveIndex, IncompatibleIndexError, IndexFileError, SearchError

@@ -32,6 +32,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tfduch.archive import shards as fmt
+from tfduch.codes import pack_codes
 from tfduch.errors import DataError, TfduchError
 
 __all__ = ["ArchiveItem", "ArchiveModelHandler", "EncodeResult", "EncoderSpec", "encode_archive", "list_inputs",
@@ -159,7 +160,7 @@ def _encode(model: Any, data: list[bytes | None]) -> list[bytes]:
     codes = np.asarray(model.encode_images(data))
     if codes.ndim != 2 or len(codes) != len(data):
         raise TfduchError(f"encoder returned codes of shape {codes.shape} for {len(data)} images")
-    return [row.tobytes() for row in np.packbits(codes > 0, axis=1)]
+    return [row.tobytes() for row in pack_codes(codes)]
 
 
 class WriteShard(beam.DoFn):

@@ -17,7 +17,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from tfduch.archive import shards as fmt
+from tfduch.index import code_shards as fmt
 from tfduch.index.milvus import MilvusIndex, MilvusTarget, open_milvus
 
 __all__ = ["WriteToMilvus", "finish_archive", "prepare_archive", "shard_records"]

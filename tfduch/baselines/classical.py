@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfduch.codes import sign
+
 __all__ = ["CCAITQ", "LinearHasher", "RidgePCAITQ", "itq", "quantization_error", "sign_codes"]
 
 
-def sign_codes(x: np.ndarray) -> np.ndarray:
-    """``int8`` ±1 codes: ``+1`` where ``x >= 0`` (so 0 maps to +1), ``-1`` elsewhere."""
-    return np.where(np.asarray(x) >= 0, 1, -1).astype(np.int8)
+sign_codes = sign  # the one sign of tfduch.codes: +1 where x >= 0 (0 maps to +1), else -1
 
 
 def quantization_error(v: np.ndarray, r: np.ndarray | None = None) -> float:

@@ -15,18 +15,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tfduch.codes import DEFAULT_BLOCK_ELEMENTS, iter_query_blocks
 from tfduch.eval.metrics import (
     DEFAULT_KS,
     DIRECTIONS,
     DirectionResult,
+    MapAccumulator,
     MapDefinition,
     RetrievalReport,
-    _Accumulator,
-    _check_label_kinds,
-    _check_labels,
-    _relevance_block,
+    check_label_kinds,
+    check_labels,
+    relevance_block,
 )
-from tfduch.eval.ranking import DEFAULT_BLOCK_ELEMENTS, iter_query_blocks
 
 __all__ = ["cosine_rank", "cosine_similarities", "direction_metrics_cosine", "evaluate_retrieval_cosine",
            "map_at_k_cosine"]
@@ -75,21 +75,21 @@ def cosine_rank(q: np.ndarray, db: np.ndarray, topk: int | None = None) -> np.nd
 
 def _accumulate_cosine(q: np.ndarray, db: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
                        k: int, ks: Sequence[int], pr_levels: int,
-                       block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[_Accumulator, _Accumulator | None]:
+                       block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[MapAccumulator, MapAccumulator | None]:
     q, db = _pair(q, db)
-    ql = _check_labels(q_labels, q.shape[0], "query labels")
-    dbl = _check_labels(db_labels, db.shape[0], "database labels")
-    _check_label_kinds(ql, dbl)
+    ql = check_labels(q_labels, q.shape[0], "query labels")
+    dbl = check_labels(db_labels, db.shape[0], "database labels")
+    check_label_kinds(ql, dbl)
     if db.shape[0] == 0:
         raise ValueError("the database is empty")
     if k < 1 or any(int(x) < 1 for x in ks):
         raise ValueError(f"k and every k in ks must be >= 1, got k={k}, ks={tuple(ks)}")
-    ranking = _Accumulator(k=int(k), ks=tuple(int(x) for x in ks), n_bits=0, want_pr=False)
-    pr = _Accumulator(k=int(k), ks=(), n_bits=int(pr_levels), want_pr=True) if pr_levels > 0 else None
+    ranking = MapAccumulator(k=int(k), ks=tuple(int(x) for x in ks), n_bits=0, want_pr=False)
+    pr = MapAccumulator(k=int(k), ks=(), n_bits=int(pr_levels), want_pr=True) if pr_levels > 0 else None
     db_t = np.ascontiguousarray(db.T)
     for sl in iter_query_blocks(q.shape[0], db.shape[0], block_elements):
         sim = q[sl] @ db_t
-        rel = _relevance_block(ql[sl], dbl)
+        rel = relevance_block(ql[sl], dbl)
         ranking.add(_rank_positions(sim), rel)
         if pr is not None:
             # cosine distance in [0, 1] quantised to radii 0..pr_levels (ranking within a radius is irrelevant)
@@ -113,7 +113,7 @@ def direction_metrics_cosine(q: np.ndarray, db: np.ndarray, q_labels: np.ndarray
                              pr_levels: int = 64) -> DirectionResult:
     """Both mAP@k definitions, P@K and the cosine-radius PR curve of one direction."""
     ranking, pr = _accumulate_cosine(q, db, q_labels, db_labels, k, ks, pr_levels)
-    curve = pr.pr_curve() if pr is not None else _Accumulator(k=k, ks=(), n_bits=0, want_pr=True).pr_curve()
+    curve = pr.pr_curve() if pr is not None else MapAccumulator(k=k, ks=(), n_bits=0, want_pr=True).pr_curve()
     return DirectionResult(name=name, map_reference=ranking.map("reference"), map_standard=ranking.map("standard"),
                            p_at_k=ranking.p_at_k(np.asarray(db).shape[0]), pr=curve)
 

@@ -34,13 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tfduch.eval.ranking import (
-    DEFAULT_BLOCK_ELEMENTS,
-    _check_pair,
-    _distances_block,
-    _rank_block,
-    iter_query_blocks,
-)
+from tfduch.codes import DEFAULT_BLOCK_ELEMENTS, check_code_pair, distances_block, iter_query_blocks
+from tfduch.eval.ranking import rank_block
 
 __all__ = [
     "DIRECTIONS",
@@ -69,7 +64,7 @@ DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
 
 
 # ----------------------------------------------------------------------------------------------- labels
-def _check_labels(labels: np.ndarray, n: int, name: str) -> np.ndarray:
+def check_labels(labels: np.ndarray, n: int, name: str) -> np.ndarray:
     arr = np.asarray(labels)
     if arr.ndim not in (1, 2):
         raise ValueError(f"{name}: labels must be [N] class ids or [N, C] multi-hot, got shape {arr.shape}")
@@ -82,7 +77,7 @@ def _check_labels(labels: np.ndarray, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def _relevance_block(q_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
+def relevance_block(q_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
     if q_labels.ndim == 1:
         return q_labels[:, None] == db_labels[None, :]
     return (q_labels.astype(np.float32) @ db_labels.astype(np.float32).T) > 0
@@ -90,13 +85,13 @@ def _relevance_block(q_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
 
 def relevance_matrix(q_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
     """``bool [Q, N]``: query i and database item j share at least one label."""
-    q = _check_labels(q_labels, np.asarray(q_labels).shape[0], "query labels")
-    db = _check_labels(db_labels, np.asarray(db_labels).shape[0], "database labels")
-    _check_label_kinds(q, db)
-    return _relevance_block(q, db)
+    q = check_labels(q_labels, np.asarray(q_labels).shape[0], "query labels")
+    db = check_labels(db_labels, np.asarray(db_labels).shape[0], "database labels")
+    check_label_kinds(q, db)
+    return relevance_block(q, db)
 
 
-def _check_label_kinds(q: np.ndarray, db: np.ndarray) -> None:
+def check_label_kinds(q: np.ndarray, db: np.ndarray) -> None:
     if q.ndim != db.ndim:
         raise ValueError(f"query labels have shape {q.shape} but database labels {db.shape}: "
                          "use class ids for both or multi-hot for both")
@@ -107,7 +102,7 @@ def _check_label_kinds(q: np.ndarray, db: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------------------------- core block
 @dataclass
-class _Accumulator:
+class MapAccumulator:
     """Per-query sums gathered block by block, reduced at the end."""
 
     k: int
@@ -126,7 +121,7 @@ class _Accumulator:
     def add(self, dist: np.ndarray, rel: np.ndarray) -> None:
         b, n = dist.shape
         self.n_query += b
-        order = _rank_block(dist, None)
+        order = rank_block(dist, None)
         rel_sorted = np.take_along_axis(rel, order, axis=1)
         csum = np.cumsum(rel_sorted, axis=1, dtype=np.int32)  # relevant items among the first i+1
         n_rel = csum[:, -1] if n else np.zeros(b, np.int32)
@@ -201,11 +196,11 @@ class _Accumulator:
 
 def _accumulate(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
                 k: int | None, ks: Sequence[int], want_pr: bool,
-                block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[_Accumulator, int]:
-    q, db = _check_pair(q_codes, db_codes)
-    ql = _check_labels(q_labels, q.shape[0], "query labels")
-    dbl = _check_labels(db_labels, db.shape[0], "database labels")
-    _check_label_kinds(ql, dbl)
+                block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> tuple[MapAccumulator, int]:
+    q, db = check_code_pair(q_codes, db_codes)
+    ql = check_labels(q_labels, q.shape[0], "query labels")
+    dbl = check_labels(db_labels, db.shape[0], "database labels")
+    check_label_kinds(ql, dbl)
     n_db = db.shape[0]
     if n_db == 0:
         raise ValueError("the database is empty")
@@ -215,10 +210,10 @@ def _accumulate(q_codes: np.ndarray, db_codes: np.ndarray, q_labels: np.ndarray,
     ks = tuple(int(x) for x in ks)
     if any(x < 1 for x in ks):
         raise ValueError(f"every k in ks must be >= 1, got {ks}")
-    acc = _Accumulator(k=k, ks=ks, n_bits=q.shape[1], want_pr=want_pr)
+    acc = MapAccumulator(k=k, ks=ks, n_bits=q.shape[1], want_pr=want_pr)
     db_t = np.ascontiguousarray(db.T, dtype=np.float32)
     for sl in iter_query_blocks(q.shape[0], n_db, block_elements):
-        acc.add(_distances_block(q[sl], db_t, q.shape[1]), _relevance_block(ql[sl], dbl))
+        acc.add(distances_block(q[sl], db_t, q.shape[1]), relevance_block(ql[sl], dbl))
     return acc, n_db
 
 
@@ -360,7 +355,7 @@ def evaluate_retrieval(img_q: np.ndarray, txt_q: np.ndarray, img_db: np.ndarray,
         q_mod, db_mod = DIRECTIONS[name]
         results[name] = direction_metrics(codes[q_mod][0], codes[db_mod][1], q_labels, db_labels,
                                           k=k, ks=ks, name=name)
-    q0, db0 = _check_pair(img_q, img_db)
+    q0, db0 = check_code_pair(img_q, img_db)
     return RetrievalReport(k=int(k), ks=tuple(int(x) for x in ks), n_bits=q0.shape[1], n_query=q0.shape[0],
                            n_database=db0.shape[0], directions=results)
 

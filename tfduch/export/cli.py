@@ -9,12 +9,14 @@ EPILOG = """\
 examples:
   tfduch export --run runs/duch --base exports/                 # -> exports/tfduch/<next version>/
   tfduch export --run runs/duch --base exports/ --name ucm64 --version 3
-  tfduch export --run runs/duch --base exports/ --tflite        # + TFLite float32 and int8 image models
+  tfduch export --run runs/duch --base exports/ --tflite        # + TFLite float32, float16, dynamic, int8
+  tfduch export --run runs/duch --base exports/ --edge-config export/edge.yaml   # TFLite with enforced floors
   tfduch export --run runs/duch --base exports/ --serving-base-path /models   # models.config for a container
 
 The version folder appears atomically (a crash leaves no half-written version) and <base>/models.config
 is rewritten for `tensorflow_model_server --model_config_file`. Loading the SavedModel needs
-`import tensorflow_text` (the text signature tokenizes in the graph); see export/README.md.
+`import tensorflow_text` (the text signature tokenizes in the graph). An --edge-config variant whose bit
+agreement with the SavedModel is below its floor fails the export (exit 2, nothing written). See docs/export.md.
 """
 
 
@@ -23,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="export a trained run as a SavedModel emitting binary codes (TF Serving layout)",
         description="Write RUN as <BASE>/<NAME>/<VERSION>/: a SavedModel with the signatures encode_text "
         "(= serving_default; raw captions), encode_image (JPEG/PNG/GIF/BMP/WebP bytes), encode_image_features "
-        "and encode_text_features, each returning int8 ±1 'codes' and uint8 'packed' codes, plus metadata "
-        "in assets.extra/tfduch_metadata.json.",
+        "and encode_text_features, each returning int8 ±1 'codes' and uint8 'packed' codes, a 'metadata' "
+        "signature (no inputs -> 'json', the export's metadata JSON, also in assets.extra/tfduch_metadata.json) "
+        "and TF Serving warm-up records in assets.extra/tf_serving_warmup_requests.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path, help="run folder written by `tfduch train` / `tfduch run`")
     p.add_argument("--base", required=True, type=Path, help="export base folder (TF Serving model base)")
@@ -41,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "calibrated activation ranges, for integer-only hardware), int16x8 (int8 weights, int16 "
                    "activations, slow kernels); int8-weight variants are bias-corrected on the calibration "
                    "images; default: float32,float16,dynamic,int8")
+    p.add_argument("--edge-config", type=Path, metavar="YAML",
+                   help="edge export config (e.g. export/edge.yaml): TFLite variants, calibration / "
+                   "bias-correction / check images and each variant's minimum bit agreement, which is enforced "
+                   "(implies --tflite; replaces --tflite-variants and --calibration-images)")
     p.add_argument("--calibration-data", metavar="DIR",
                    help="dataset folder whose images calibrate the int8-weight variants and measure agreement "
                    "(default: the run's dataset if present, else synthetic images)")
@@ -66,7 +73,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tfduch.export.savedmodel import export_model
 
     tflite = None
-    if args.tflite:
+    if args.edge_config is not None:
+        from tfduch.export.edge_config import edge_options
+
+        tflite = edge_options(args.edge_config, data_root=_calibration_root(args), progress=not args.quiet)
+    elif args.tflite:
         from tfduch.export.tflite import TFLiteOptions
 
         variants = tuple(v.strip() for v in args.tflite_variants.split(",") if v.strip())
@@ -87,8 +98,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         outs = ", ".join(f"{k}: {v}" for k, v in spec["outputs"].items())
         print(f"  {name}({ins}) -> {outs}")
     for variant, entry in (meta.get("tflite") or {}).items():
+        floor = entry.get("min_bit_agreement")
         print(f"tflite {variant}: {path / entry['file']} ({entry['bytes'] / 1e6:.1f} MB, "
               f"{100 * entry['bit_agreement_vs_savedmodel']:.2f} % bits equal to the SavedModel on "
-              f"{entry['checked_on']})")
+              f"{entry['checked_on']}" + (f"; floor {100 * floor:.2f} %)" if floor is not None else ")"))
+    for variant, entry in (meta.get("tflite_refused") or {}).items():
+        print(f"tflite {variant}: REFUSED, not written ({entry['reason']})")
     print(f"TF Serving config: {Path(args.base) / 'models.config'}")
     return 0

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from tfduch.errors import DataError
+from tfduch.export.graph import SIGNATURES
 from tfduch.export.layout import ExportError, list_model_dirs, list_versions
 from tfduch.export.metadata import read_metadata
-from tfduch.export.savedmodel import SIGNATURES
 
 __all__ = ["ExportedModel", "load_exported", "resolve_version_dir"]
 

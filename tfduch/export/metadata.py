@@ -2,83 +2,55 @@
 
 The metadata travels inside every export version (``assets.extra/tfduch_metadata.json``, a folder TF
 Serving ignores and clients may read) so that anything holding codes — a client, an index — can check
-that it talks to the model that produced them. ``model_id`` is a digest of the hashing heads' weights
-and of everything that shapes the codes (encoders, preprocessing, config), so re-exporting the same run
-gives the same id and a retrained model never does.
+that it talks to the model that produced them. ``model_id`` is the run's own (:mod:`tfduch.runs`: a
+digest of the hashing heads' weights and of everything that shapes the codes), so the run, every export
+of it, its TFLite files and the indexes built from any of them share it, and a retrained model never does.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from tfduch.codes import PACKING
+from tfduch.config import model_fields
 from tfduch.errors import TfduchError
+from tfduch.runs import compute_model_id
 
 __all__ = ["METADATA_FILE", "FORMAT_VERSION", "build_metadata", "compute_model_id", "read_metadata"]
 
 METADATA_FILE = "assets.extra/tfduch_metadata.json"
 FORMAT_VERSION = 1
-# Config fields that name places on a machine, not choices that change the model.
-_MACHINE_FIELDS = (("output_dir",), ("data", "root"), ("data", "split_file"), ("features", "cache_dir"),
-                   ("train", "verbose"), ("train", "tensorboard"), ("train", "checkpoint"))
+# One model identity for the run, its export and its TFLite files: computed by tfduch.runs at save time.
 
 
-def _portable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The resolved run config without paths and logging switches (they do not change the codes)."""
-    out = json.loads(json.dumps(config))
-    for keys in _MACHINE_FIELDS:
-        section = out
-        for key in keys[:-1]:
-            section = section.get(key, {})
-        section.pop(keys[-1], None)
-    return out
-
-
-def compute_model_id(weights: list[tuple[str, np.ndarray]], identity: dict[str, Any]) -> str:
-    """16 hex digits of sha256 over ``identity`` (canonical JSON) and every named weight array."""
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode())
-    for name, value in weights:
-        array = np.ascontiguousarray(value)
-        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def build_metadata(*, run_meta: dict[str, Any], config: dict[str, Any], weights: list[tuple[str, np.ndarray]],
-                   preprocessing: dict[str, Any], signatures: dict[str, Any], model_name: str, version: int
-                   ) -> dict[str, Any]:
+def build_metadata(*, run_meta: dict[str, Any], config: dict[str, Any], preprocessing: dict[str, Any],
+                   signatures: dict[str, Any], model_name: str, version: int) -> dict[str, Any]:
     """The metadata dict of one export version.
 
-    ``run_meta`` is the run's ``model.json``; ``preprocessing`` says how image bytes become encoder input
-    (it is part of the id: a different resize gives different codes); ``signatures`` documents inputs
-    and outputs for clients that cannot introspect the SavedModel.
+    ``run_meta`` is the run's ``model.json`` as loaded by :func:`tfduch.runs.load_run` and carries the run's
+    ``model_id``, which the export keeps (so an index built from the run accepts the export's codes);
+    ``preprocessing`` says how image bytes become encoder input; ``signatures`` documents inputs and outputs
+    for clients that cannot introspect the SavedModel.
     """
     import tensorflow as tf
 
     import tfduch
 
     bits = int(run_meta["bits"])
-    portable = _portable_config(config)
-    identity = {
-        "method": run_meta.get("method"), "bits": bits, "image_dim": run_meta.get("image_dim"),
-        "text_dim": run_meta.get("text_dim"), "encoders": run_meta.get("encoders"),
-        "preprocessing": preprocessing, "config": portable,
-    }
+    portable = model_fields(config)
     return {
         "format": "tfduch-export",
         "format_version": FORMAT_VERSION,
-        "model_id": compute_model_id(weights, identity),
+        "model_id": str(run_meta["model_id"]),
         "model_name": model_name,
         "version": int(version),
         "method": run_meta.get("method"),
         "code_length": bits,
         "packed_bytes": bits // 8,
-        "packing": "bit j = 1 where code j is +1; 8 bits per byte, big-endian (numpy.packbits order)",
+        "packing": PACKING,
         "sign_rule": "code = +1 where the head's output >= 0, else -1",
         "encoders": run_meta.get("encoders"),
         "image_dim": run_meta.get("image_dim"),

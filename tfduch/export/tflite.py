@@ -19,11 +19,18 @@ representative images, with the earlier layers already rounded) is absorbed by t
 Rounding every kernel to the nearest int8 step shifts the pre-sign outputs enough to flip ≈ 1.7 % of the
 code bits by itself; with the correction the same int8 weights flip ≈ 0.6 %. ``dynamic``'s per-inference activation
 scales add almost nothing on top, while full ``int8`` also rounds every layer's output to a fixed calibrated
-int8 range. Measured on UCM (export/README.md): ``dynamic`` 99.58 % and ``int8`` 99.21 % of the bits with the
+int8 range. Measured on UCM (docs/export.md): ``dynamic`` 99.58 % and ``int8`` 99.21 % of the bits with the
 default ``lite0-ms`` features; 99.34 % and ≈ 98.5 % with ``lite0``'s.
 
 Each variant's bit agreement with the SavedModel's codes is measured at export time on held-out images
-and stored in the export metadata, so an edge user knows what the quantization costs.
+and stored in the export metadata, so an edge user knows what the quantization costs; a variant below its
+floor (``TFLiteOptions.min_bit_agreement``, set by the edge config ``export/edge.yaml``) is refused before
+its file is written. Next to each ``image_<variant>.tflite`` an ``image_<variant>.json`` carries what a
+TensorFlow-free runtime (:mod:`tfduch.edge`) needs: the model id, code length and the preprocessing.
+
+Module split (no cycles): :mod:`~tfduch.export.graph` (the serving graph) ← :mod:`~tfduch.export.calibration`
+(images and reference codes), :mod:`~tfduch.export.bias_correction` ← this module ←
+:mod:`~tfduch.export.savedmodel` (the writer).
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +47,23 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfduch.export.bias_correction import bias_corrected_encoder
+from tfduch.export.calibration import (
+    bit_agreement,
+    dataset_images,
+    folder_images,
+    preprocess_image_bytes,
+    reference_codes,
+    synthetic_images,
+)
+from tfduch.export.graph import CodeExport, binarize
 from tfduch.export.layout import ExportError
-from tfduch.export.savedmodel import CodeExport, binarize
+from tfduch.io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["TFLITE_VARIANTS", "CALIBRATED_VARIANTS", "INT8_WEIGHT_VARIANTS", "TFLiteOptions",
-           "TFLiteImageEncoder", "image_code_function", "convert_image_model",
-           "bias_corrected_encoder", "representative_images", "write_tflite", "bit_agreement"]
+__all__ = ["TFLITE_VARIANTS", "CALIBRATED_VARIANTS", "INT8_WEIGHT_VARIANTS", "EDGE_FORMAT", "TFLiteOptions",
+           "TFLiteImageEncoder", "VariantRefused", "image_code_function", "convert_image_model",
+           "bias_corrected_encoder", "representative_images", "write_tflite", "bit_agreement",
+           "preprocess_image_bytes", "reference_codes"]
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8", "int16x8")
 CALIBRATED_VARIANTS = ("int8", "int16x8")  # need representative images (activation ranges)
@@ -63,11 +81,36 @@ class TFLiteOptions:
     check_images: int = 50
     seed: int = 0
     progress: bool = True
+    # variant -> the least fraction of code bits equal to the float SavedModel's on the check images; a
+    # variant below it is not written (export/edge.yaml sets these; empty: measured and stored only).
+    min_bit_agreement: dict[str, float] = field(default_factory=dict)
+    on_below_floor: str = "error"  # "error": the export fails, nothing is written; "skip": leave it out
+    calibration_folder: str | Path | None = None  # image files calibrating instead of the dataset's
+    check_folder: str | Path | None = None  # image files checking instead of held-out dataset images
 
     def __post_init__(self) -> None:
+        self.variants = tuple(self.variants)
         unknown = [v for v in self.variants if v not in TFLITE_VARIANTS]
         if unknown or not self.variants:
             raise ExportError(f"unknown TFLite variants {unknown}; choose from {', '.join(TFLITE_VARIANTS)}")
+        for variant, floor in self.min_bit_agreement.items():
+            if variant not in self.variants:
+                raise ExportError(f"a bit-agreement floor is set for {variant!r}, which is not among the "
+                                  f"variants to write ({', '.join(self.variants)})")
+            if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0.0 <= floor <= 1.0:
+                raise ExportError(f"min_bit_agreement of {variant!r} must be a fraction in [0, 1], got {floor!r}")
+        if self.on_below_floor not in ("error", "skip"):
+            raise ExportError(f"on_below_floor must be 'error' or 'skip', got {self.on_below_floor!r}")
+        for name in ("calibration_images", "check_images", "bias_correction_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ExportError(f"{name} must be a whole number >= 0, got {value!r}")
+        if self.check_images < 1 and self.check_folder is None:
+            raise ExportError("check_images must be >= 1: every variant's agreement is measured")
+
+
+class VariantRefused(ExportError):
+    """A TFLite variant's measured bit agreement is below its floor; nothing was written for it."""
 
 
 def image_code_function(module: CodeExport, encoder: Any = None) -> Any:
@@ -84,109 +127,6 @@ def image_code_function(module: CodeExport, encoder: Any = None) -> Any:
         return {"codes": binarize(h)}
 
     return encode
-
-
-def _int8_grid(kernel: np.ndarray, channel_axis: int) -> np.ndarray:
-    """``kernel`` rounded to TFLite's symmetric per-channel int8 grid (scale = max |w| / 127 per channel)."""
-    axes = tuple(i for i in range(kernel.ndim) if i != channel_axis)
-    scale = np.max(np.abs(kernel), axis=axes, keepdims=True) / 127.0
-    scale = np.where(scale > 0, scale, 1.0)
-    return (np.clip(np.round(kernel / scale), -127, 127) * scale).astype(kernel.dtype)
-
-
-def bias_corrected_encoder(encoder: Any, images: np.ndarray, batch_size: int = 16, progress: bool = False) -> Any:
-    """A copy of a conv → BatchNorm image encoder with int8-grid kernels and bias-corrected BatchNorms.
-
-    For each convolution in order (earlier ones already rounded and corrected): round its kernel to the
-    per-channel int8 grid that TFLite's quantizer uses (BatchNorm folding scales each output channel, which
-    leaves that grid unchanged, so TFLite then quantizes these kernels without further loss), measure the
-    per-channel mean of its output on ``images`` before and after, and add the shift to the following
-    BatchNorm's moving mean, so that the quantized network's activations keep the float network's means
-    (empirical bias correction, Nagel et al. 2019, "Data-Free Quantization"). The encoder passed in is not
-    modified. Convolutions without a bias-free ``<name>_conv`` → ``<name>_bn`` pairing (tfduch's encoders
-    name their layers so) are left as they are.
-    """
-    import keras
-
-    clone = keras.models.clone_model(encoder)
-    clone.set_weights(encoder.get_weights())
-    names = {layer.name for layer in clone.layers}
-    pairs = []
-    for layer in clone.layers:
-        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
-        if not isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D) or layer.use_bias:
-            continue
-        if depthwise and layer.kernel.shape[-1] != 1:
-            continue  # depth multiplier > 1: TFLite's channel axis mixes two kernel axes
-        bn_name = layer.name.replace("_conv", "_bn")
-        if bn_name == layer.name or bn_name not in names:
-            continue
-        bn = clone.get_layer(bn_name)
-        if isinstance(bn, keras.layers.BatchNormalization):
-            pairs.append((layer, bn, 2 if depthwise else 3))
-    if not pairs:
-        return clone
-    images = np.asarray(images, np.float32)
-
-    def batches(source: Any, outputs: list[Any], inputs: np.ndarray) -> Iterator[list[Any]]:
-        """``outputs`` batch by batch, running the graph from ``source`` on ``inputs``."""
-        probe = keras.Model(source, outputs)
-        for start in range(0, len(inputs), batch_size):
-            values = probe(inputs[start : start + batch_size], training=False)
-            yield list(values) if isinstance(values, list | tuple) else [values]
-
-    def channel_means(source: Any, outputs: list[Any], inputs: np.ndarray) -> list[np.ndarray]:
-        """Per-channel means of ``outputs`` over all images."""
-        sums: list[np.ndarray] | None = None
-        for values in batches(source, outputs, inputs):
-            batch = [tf.reduce_sum(v, axis=[0, 1, 2]).numpy().astype(np.float64) for v in values]
-            sums = batch if sums is None else [a + b for a, b in zip(sums, batch, strict=True)]
-        assert sums is not None
-        return [total / (len(inputs) * int(o.shape[1]) * int(o.shape[2])) for total, o in zip(sums, outputs,
-                                                                                              strict=True)]
-
-    def run(source: Any, target: Any, inputs: np.ndarray) -> np.ndarray:
-        return np.concatenate([values[0].numpy() for values in batches(source, [target], inputs)])
-
-    def source(cut: int) -> Any:  # the tensor a cut runs from; -1 = the model's input
-        return clone.inputs[0] if cut < 0 else clone.layers[cut].output
-
-    float_means = channel_means(source(-1), [conv.output for conv, _, _ in pairs], images)
-    # Each measurement runs the graph from the latest single-tensor cut before its convolution (an MBConv
-    # block boundary), whose activations are cached with every earlier kernel already rounded and corrected:
-    # the same numbers as running from the input each time, at a cost linear instead of quadratic in depth.
-    position = {layer.name: i for i, layer in enumerate(clone.layers)}
-    cuts = _cut_positions(clone)
-    cut, cached = -1, images
-    for (conv, bn, axis), target in tqdm(list(zip(pairs, float_means, strict=True)), desc="bias correction",
-                                         disable=not progress, leave=False):
-        latest = max(c for c in cuts if c < position[conv.name])
-        if latest > cut:
-            cached = run(source(cut), clone.layers[latest].output, cached)
-            cut = latest
-        conv.kernel.assign(_int8_grid(conv.kernel.numpy(), axis))
-        shift = channel_means(source(cut), [conv.output], cached)[0] - target
-        bn.moving_mean.assign((bn.moving_mean.numpy() + shift).astype(np.float32))
-    return clone
-
-
-def _cut_positions(model: Any) -> list[int]:
-    """Positions (in ``model.layers``) of layers whose one output is all that later layers read.
-
-    Position -1 stands for the model's input (always a cut). A layer qualifies when no later layer takes an
-    input from before it, so the graph after it can run from its output alone (in an EfficientNet: the
-    boundaries between blocks).
-    """
-    layers = model.layers
-    position = {layer.name: i for i, layer in enumerate(layers)}
-    earliest = [min((position.get(t._keras_history.operation.name, -1) for node in layer._inbound_nodes
-                     for t in node.input_tensors), default=i) for i, layer in enumerate(layers)]
-    cuts, reach = [], len(layers)
-    for i in range(len(layers) - 1, -1, -1):  # reach = earliest input of any layer after i
-        if reach >= i and len(layers[i]._inbound_nodes) <= 1:
-            cuts.append(i)
-        reach = min(reach, earliest[i])
-    return sorted(set(cuts) | {-1})
 
 
 @contextlib.contextmanager
@@ -283,55 +223,51 @@ class TFLiteImageEncoder:
         return np.stack(out).astype(np.int8) if out else np.zeros((0, self._output["shape"][-1]), np.int8)
 
 
-def preprocess_image_bytes(module: CodeExport, blobs: Sequence[bytes], batch_size: int = 32) -> np.ndarray:
-    """Encoded images → the float32 encoder input, with the SavedModel's own decode + clean view."""
-    chunks = [module.preprocess_images(tf.constant(list(blobs[i : i + batch_size]), tf.string)).numpy()
-              for i in range(0, len(blobs), batch_size)]
-    s = module.image_size
-    return np.concatenate(chunks) if chunks else np.zeros((0, s, s, 3), np.float32)
+def representative_images(module: CodeExport, options: TFLiteOptions) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """(calibration images, check images, what calibrates, what checks).
 
-
-def _synthetic_images(n: int, size: int, seed: int) -> np.ndarray:
-    """Smooth random colour fields with texture: natural-ish statistics when no real images exist."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, size=(n, 8, 8, 3)).astype(np.float32)
-    smooth = tf.image.resize(coarse, (size, size), method="bicubic").numpy()
-    return np.clip(smooth + rng.normal(0, 12, size=smooth.shape), 0, 255).astype(np.float32)
-
-
-def representative_images(module: CodeExport, options: TFLiteOptions) -> tuple[np.ndarray, np.ndarray, str]:
-    """(calibration images, disjoint check images, description): real dataset images when given."""
+    Folders of image files win; else a seeded permutation of the dataset gives calibration images first
+    and disjoint check images after them; else synthetic images (the export still works without data).
+    """
     n_cal, n_check = options.calibration_images, options.check_images
-    if options.data_root is None:
-        images = _synthetic_images(n_cal + n_check, module.image_size, options.seed)
-        return images[:n_cal], images[n_cal:], f"{n_cal} synthetic images"
-    from tfduch.data.karpathy import load_dataset
-
-    dataset = load_dataset(options.data_root)
-    order = np.random.default_rng(options.seed).permutation(len(dataset.samples))[: n_cal + n_check]
-    paths = [dataset.samples[i].path for i in order]
-    blobs = [p.read_bytes() for p in tqdm(paths, desc="read calibration images", disable=not options.progress)]
-    images = preprocess_image_bytes(module, blobs)
-    return images[:n_cal], images[n_cal:], f"{min(n_cal, len(images))} {dataset.name} images"
-
-
-def bit_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of code bits that are equal."""
-    return float(np.mean(np.asarray(a) == np.asarray(b))) if np.size(a) else float("nan")
-
-
-def reference_codes(module: CodeExport, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """The SavedModel graph's codes for preprocessed images (the image signature minus decoding)."""
-    chunks = [binarize(module.image_head(module.image_encoder(images[i : i + batch_size], training=False),
-                                         training=False)).numpy() for i in range(0, len(images), batch_size)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, module.bits), np.int8)
+    if options.calibration_folder is not None:
+        calibration, cal_source = folder_images(module, options.calibration_folder, n_cal, options.progress)
+    elif options.data_root is not None:
+        calibration, cal_source = dataset_images(module, options.data_root, n_cal, options.seed, 0, options.progress)
+    else:
+        calibration, cal_source = synthetic_images(n_cal, module.image_size, options.seed), f"{n_cal} synthetic images"
+    if options.check_folder is not None:
+        check, check_source = folder_images(module, options.check_folder, n_check or None, options.progress)
+    elif options.data_root is not None:
+        check, check_source = dataset_images(module, options.data_root, n_check, options.seed, n_cal,
+                                             options.progress)
+        check_source = check_source.replace("images", "held-out images (real)", 1)
+    else:
+        check = synthetic_images(n_cal + n_check, module.image_size, options.seed)[n_cal:]
+        check_source = f"{n_check} held-out images (synthetic)"
+    return calibration, check, cal_source, check_source
 
 
-def write_tflite(module: CodeExport, out_dir: str | Path, options: TFLiteOptions) -> dict[str, Any]:
-    """Write ``image_<variant>.tflite`` files into ``out_dir``; returns their metadata entries."""
+EDGE_FORMAT = "tfduch-edge"
+
+
+def write_tflite(module: CodeExport, out_dir: str | Path, options: TFLiteOptions,
+                 model_id: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write ``image_<variant>.tflite`` (+ ``.json`` sidecar) files into ``out_dir``.
+
+    Returns (metadata entries of the written variants, refused variants with their measured agreement).
+
+    Every variant is converted and measured in memory first; one below its floor raises
+    :class:`VariantRefused` before anything of it is written (``on_below_floor="error"``, which fails the
+    whole export: its version folder never appears), or is left out and returned as refused (``"skip"``).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    calibration, check, source = representative_images(module, options)
+    calibration, check, source, checked_on = representative_images(module, options)
+    if not len(check):
+        raise ExportError("no check images: every TFLite variant's bit agreement must be measured")
+    if any(v in CALIBRATED_VARIANTS for v in options.variants) and not len(calibration):
+        raise ExportError(f"{', '.join(v for v in options.variants if v in CALIBRATED_VARIANTS)} need "
+                          "calibration images; calibration_images is 0")
     expected = reference_codes(module, check)
 
     def representative() -> Iterator[list[np.ndarray]]:
@@ -339,26 +275,44 @@ def write_tflite(module: CodeExport, out_dir: str | Path, options: TFLiteOptions
             yield [image[None]]
 
     corrected = None
-    if options.bias_correction_images > 0 and any(v in INT8_WEIGHT_VARIANTS for v in options.variants):
-        corrected = bias_corrected_encoder(module.image_encoder, calibration[: options.bias_correction_images],
-                                           progress=options.progress)
+    n_bias = min(options.bias_correction_images, len(calibration))
+    if n_bias > 0 and any(v in INT8_WEIGHT_VARIANTS for v in options.variants):
+        corrected = bias_corrected_encoder(module.image_encoder, calibration[:n_bias], progress=options.progress)
     entries: dict[str, Any] = {}
+    refused: dict[str, Any] = {}
     for variant in tqdm(options.variants, desc="TFLite variants", disable=not options.progress):
         calibrated = variant in CALIBRATED_VARIANTS
         corrects = variant in INT8_WEIGHT_VARIANTS and corrected is not None
         blob = convert_image_model(module, variant, representative if calibrated else None,
                                    bias_correction_images=0, encoder=corrected if corrects else None)
-        path = out / f"image_{variant}.tflite"
-        path.write_bytes(blob)
-        codes = TFLiteImageEncoder(blob).encode(check)
-        entries[variant] = {
-            "file": f"assets.extra/tflite/{path.name}", "bytes": len(blob),
+        agreement = bit_agreement(TFLiteImageEncoder(blob).encode(check), expected)
+        floor = options.min_bit_agreement.get(variant)
+        if floor is not None and not agreement >= floor:
+            message = (f"TFLite variant {variant!r} keeps {100 * agreement:.3f} % of the code bits of the float "
+                       f"SavedModel on {checked_on}, below its floor of {100 * floor:.3f} %: refused, not written")
+            if options.on_below_floor == "error":
+                raise VariantRefused(message)
+            refused[variant] = {"bit_agreement_vs_savedmodel": agreement, "min_bit_agreement": floor,
+                                "reason": message}
+            continue
+        name = f"image_{variant}"
+        entry = {
+            "file": f"assets.extra/tflite/{name}.tflite", "bytes": len(blob),
             "input": f"image: float32 [1, {module.image_size}, {module.image_size}, 3] RGB 0..255, preprocessed",
             "output": f"codes: int8 [1, {module.bits}]",
-            "bit_agreement_vs_savedmodel": bit_agreement(codes, expected),
-            "checked_on": f"{len(check)} held-out images ({'synthetic' if options.data_root is None else 'real'})",
+            "bit_agreement_vs_savedmodel": agreement,
+            "min_bit_agreement": floor,
+            "checked_on": checked_on,
             "calibration": source if calibrated else None,
-            "bias_correction": (f"{min(options.bias_correction_images, len(calibration))} calibration images"
-                                if corrects else None),
+            "bias_correction": f"{n_bias} calibration images" if corrects else None,
         }
-    return entries
+        sidecar = {"format": EDGE_FORMAT, "format_version": 1, "model_id": model_id, "variant": variant,
+                   "code_length": module.bits, "packed_bytes": module.bits // 8,
+                   "packing": "numpy.packbits(codes > 0, axis=1): bit j = 1 where code j is +1, big-endian",
+                   "preprocessing": module.edge_preprocessing(),
+                   **{k: entry[k] for k in ("input", "output", "bit_agreement_vs_savedmodel", "min_bit_agreement",
+                                            "checked_on")}}
+        atomic_write_bytes(out / f"{name}.tflite", blob)
+        atomic_write_json(out / f"{name}.json", sidecar)
+        entries[variant] = entry
+    return entries, refused

@@ -1,7 +1,7 @@
 """Search structures over packed binary codes, each trading recall, speed, memory and update cost.
 
 Every backend answers the same question — the ``k`` codes nearest in Hamming distance to each query —
-over one collection's packed codes ``uint8 [N, K/8]`` (:func:`tfduch.eval.ranking.pack_codes` order),
+over one collection's packed codes ``uint8 [N, K/8]`` (:func:`tfduch.codes.pack_codes` order),
 addressing rows by position. Results are sorted by ``(distance, position)``; positions increase with
 item ids (see :mod:`tfduch.index.core`), so ties are broken by id, as in :mod:`tfduch.eval`.
 
@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tfduch.eval.ranking import hamming_distances_packed
+from tfduch.codes import hamming_distances_packed
 from tfduch.index.errors import SearchError
 
 __all__ = [
@@ -56,12 +56,12 @@ __all__ = [
 #: 1M items in one pass (their 20th distance is ~16, with ~40 codes at distance <= 16).
 TIE_MARGIN = 64
 _SCAN_CHUNK = 1 << 16
-_FAR = (1 << 22) - 1  # distance of an empty result slot (beyond any code length)
+FAR = (1 << 22) - 1  # distance of an empty result slot (beyond any code length)
 _POS_BITS = 40  # (distance << 40 | position) sorts candidates in one int64 key
 _NO_POS = (1 << _POS_BITS) - 1
 
 
-def _faiss() -> Any:
+def load_faiss() -> Any:
     import faiss
 
     return faiss
@@ -74,9 +74,9 @@ def _as_queries(queries: np.ndarray, n_bytes: int) -> np.ndarray:
     return q
 
 
-def _sort_candidates(dist: np.ndarray, pos: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by (distance, position) and keep ``width`` columns; empty slots (_FAR, -1) go last."""
-    key = (np.minimum(dist, _FAR).astype(np.int64) << _POS_BITS) | np.where(pos < 0, _NO_POS, pos)
+def sort_candidates(dist: np.ndarray, pos: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by (distance, position) and keep ``width`` columns; empty slots (FAR, -1) go last."""
+    key = (np.minimum(dist, FAR).astype(np.int64) << _POS_BITS) | np.where(pos < 0, _NO_POS, pos)
     key = np.sort(key, axis=1)[:, :width]
     pos = key & _NO_POS
     return (key >> _POS_BITS).astype(np.int32), np.where(pos == _NO_POS, -1, pos)
@@ -94,7 +94,7 @@ _HEAPS = _Heaps()
 
 def _knn_hc(db: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     """faiss' heap kernel (``hammings_knn_hc``) over ``db`` in place: the kk nearest, by distance."""
-    faiss = _faiss()
+    faiss = load_faiss()
     entry = _HEAPS.cache.get((q.shape[0], kk))
     if entry is None:
         if len(_HEAPS.cache) > 16:
@@ -176,8 +176,8 @@ def exact_topk(codes: np.ndarray, queries: np.ndarray, k: int, removed: np.ndarr
     seen_max = dist[:, -1]  # the kernel returns each row sorted by distance
     if n_removed:
         dead = removed[pos]
-        dist, pos = np.where(dead, _FAR, dist), np.where(dead, -1, pos)
-        dist, pos = _sort_candidates(dist, pos, k)
+        dist, pos = np.where(dead, FAR, dist), np.where(dead, -1, pos)
+        dist, pos = sort_candidates(dist, pos, k)
     else:  # the common case, kept to a few numpy calls: one sort of (distance << 40 | position) keys
         key = np.left_shift(dist, _POS_BITS, dtype=np.int64)
         key |= pos
@@ -273,13 +273,13 @@ class _FaissBackend(Backend):
     def state(self) -> np.ndarray | None:
         if self.index is None:
             return None
-        return _faiss().serialize_index_binary(self.index)
+        return load_faiss().serialize_index_binary(self.index)
 
     def restore(self, state: np.ndarray | None, codes: np.ndarray) -> None:
         if state is None:
             self.build(codes)
             return
-        self.index = _faiss().deserialize_index_binary(np.ascontiguousarray(state, np.uint8))
+        self.index = load_faiss().deserialize_index_binary(np.ascontiguousarray(state, np.uint8))
         if self.index.ntotal != codes.shape[0]:
             from tfduch.index.errors import IndexFileError
 
@@ -310,7 +310,7 @@ class MultiHashBackend(_FaissBackend):
             raise SearchError(f"mih: max_nflip must be >= 0, got {max_nflip}")
 
     def _new_index(self, codes: np.ndarray) -> Any:
-        return _faiss().IndexBinaryMultiHash(self.bits, self.nhash, self.bits // self.nhash)
+        return load_faiss().IndexBinaryMultiHash(self.bits, self.nhash, self.bits // self.nhash)
 
     def state(self) -> np.ndarray | None:
         return None  # hash tables rebuild in about a second per million codes
@@ -318,7 +318,7 @@ class MultiHashBackend(_FaissBackend):
     def search(self, codes: np.ndarray, queries: np.ndarray, k: int, removed: np.ndarray | None
                ) -> tuple[np.ndarray, np.ndarray]:
         q = _as_queries(queries, codes.shape[1])
-        dist = np.full((q.shape[0], k), _FAR, np.int32)
+        dist = np.full((q.shape[0], k), FAR, np.int32)
         pos = np.full((q.shape[0], k), -1, np.int64)
         pending = np.arange(q.shape[0])
         for nflip in range(self.max_nflip + 1):
@@ -362,7 +362,7 @@ class HNSWBackend(_FaissBackend):
         self.m, self.ef_construction, self.ef_search = int(m), int(ef_construction), int(ef_search)
 
     def _new_index(self, codes: np.ndarray) -> Any:
-        index = _faiss().IndexBinaryHNSW(self.bits, self.m)
+        index = load_faiss().IndexBinaryHNSW(self.bits, self.m)
         index.hnsw.efConstruction = self.ef_construction
         return index
 
@@ -399,7 +399,7 @@ class IVFBackend(_FaissBackend):
         return max(1, min(int(4 * np.sqrt(max(n, 1))), n // 39 or 1))  # faiss wants ~39 codes per cell
 
     def _new_index(self, codes: np.ndarray) -> Any:
-        faiss = _faiss()
+        faiss = load_faiss()
         quantizer = faiss.IndexBinaryFlat(self.bits)
         index = faiss.IndexBinaryIVF(quantizer, self.bits, self._cells(codes.shape[0]))
         self._quantizer = quantizer  # faiss does not own it; keep it alive as long as the index
@@ -427,12 +427,12 @@ def _approximate_search(backend: _FaissBackend, codes: np.ndarray, queries: np.n
     dist, pos = backend.index.search(q, kk)
     if len(q) == 1 and not n_removed:  # one query: sorting a few dozen pairs in Python is cheaper
         pairs = sorted(pair for pair in zip(dist[0].tolist(), pos[0].tolist(), strict=True) if pair[1] >= 0)[:k]
-        top = np.array(pairs + [(_FAR, -1)] * (k - len(pairs)), dtype=np.int64).T
+        top = np.array(pairs + [(FAR, -1)] * (k - len(pairs)), dtype=np.int64).T
         return top[:1].astype(np.int32), top[1:]
     if n_removed:
         dead = (pos >= 0) & removed[np.maximum(pos, 0)]
-        dist, pos = np.where(dead, _FAR, dist), np.where(dead, -1, pos)
-    return _sort_candidates(dist, pos, k)
+        dist, pos = np.where(dead, FAR, dist), np.where(dead, -1, pos)
+    return sort_candidates(dist, pos, k)
 
 
 #: Backend name → class. ``make_backend`` builds one from a name and keyword parameters.

@@ -62,7 +62,7 @@ def _source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _encoder(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> Any:
+def query_encoder(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> Any:
     """The query encoder named by --run/--export, else the one recorded in an index's metadata."""
     from tfduch.index.encoders import open_encoder
 
@@ -180,7 +180,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.run is None and args.export is None:
         raise TfduchError("--images needs the model that encodes them: pass --run RUN_DIR or --export DIR")
     items = collect_items(args.images, args.captions, args.split, _split_file(args))
-    encoder = _encoder(args)
+    encoder = query_encoder(args)
     if milvus:
         from tfduch.index.milvus import MilvusIndex, MilvusTarget
 
@@ -226,7 +226,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from tfduch.index.build import add_items, collect_items
 
     index = _writable(args.index, args)
-    encoder = _encoder(args, index.metadata.get("model"))
+    encoder = query_encoder(args, index.metadata.get("model"))
     index.check_compatible(encoder.metadata)
     items = collect_items(args.images, args.captions, args.split, _split_file(args))
     ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet)
@@ -315,7 +315,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         labels = [f"code {h}" for h in args.code]
         results = Searcher(index).by_code(_parse_codes(args.code, index.bits), args.k, target)
     else:
-        searcher = Searcher(index, _encoder(args, index.metadata.get("model")))
+        searcher = Searcher(index, query_encoder(args, index.metadata.get("model")))
         if texts:
             labels, results = texts, searcher.by_text(texts, args.k, target)
         else:

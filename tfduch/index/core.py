@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tfduch.eval.ranking import as_pm1_codes, pack_codes
+from tfduch.codes import as_pm1_codes, pack_codes
 from tfduch.index.backends import Backend, make_backend
 from tfduch.index.errors import SearchError
 from tfduch.index.payload import PayloadStore
@@ -65,7 +65,7 @@ def as_packed(codes: np.ndarray, bits: int, name: str = "codes") -> np.ndarray:
     """``uint8 [N, bits/8]`` packed codes from ±1 / 0-1 / tanh codes ``[N, bits]`` or already packed codes.
 
     A ``uint8`` array of width ``bits / 8`` is taken as packed; anything of width ``bits`` is binarised
-    with :func:`tfduch.eval.ranking.as_pm1_codes` and packed big-endian (the export's ``packed`` order).
+    with :func:`tfduch.codes.as_pm1_codes` and packed big-endian (the export's ``packed`` order).
     """
     arr = np.asarray(codes)
     if arr.dtype == np.uint8 and arr.ndim == 2 and arr.shape[1] == bits // 8:

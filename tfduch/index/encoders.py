@@ -16,7 +16,6 @@ from another model.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections.abc import Sequence
@@ -54,31 +53,24 @@ def _check_list(values: Sequence[Any], what: str) -> list[Any]:
 
 
 def run_model_id(run_dir: str | Path) -> str:
-    """16 hex digits of sha256 over a run's ``model.weights.h5`` and ``model.json`` (in that order).
+    """The run's ``model_id`` (:mod:`tfduch.runs`): the same id its exports and their TFLite files report."""
+    from tfduch.runs import load_run
 
-    Retraining changes both files, so an index built with one training run refuses another's queries.
-    """
-    run = Path(run_dir)
-    digest = hashlib.sha256()
-    for name in ("model.weights.h5", "model.json"):
-        with open(run / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return load_run(run_dir).model_id
 
 
 class RunEncoder:
     """Codes from a trained run folder: Keras encoders (built on first use) + the run's hashing heads."""
 
     def __init__(self, run_dir: str | Path, batch_size: int = 32) -> None:
-        from tfduch.pipeline import load_trained
+        from tfduch.runs import load_run
 
         self.run_dir = Path(run_dir).resolve()
-        self.cfg, self.model, meta = load_trained(self.run_dir)
+        self.cfg, self.model, meta = load_run(self.run_dir)
         self.batch_size = int(batch_size)
         self.metadata: dict[str, Any] = {
             "bits": int(meta["bits"]),
-            "model_id": run_model_id(self.run_dir),
+            "model_id": str(meta["model_id"]),
             "method": meta.get("method"),
             "encoders": meta.get("encoders"),
             "dataset": meta.get("dataset"),

@@ -29,7 +29,7 @@ from tfduch.index.build import SourceItem, add_encoded, encode_captions
 from tfduch.index.encoders import QueryEncoder, open_encoder
 from tfduch.index.errors import IncompatibleIndexError
 from tfduch.index.sharded import shard_file_name, shard_set_files, write_shard_set
-from tfduch.index.store import COLLECTIONS, ArchiveIndex, _now
+from tfduch.index.store import COLLECTIONS, ArchiveIndex, now_iso
 
 __all__ = ["BuildResult", "archive_model", "build_from_shards"]
 
@@ -77,14 +77,14 @@ def archive_model(manifest: dict[str, Any], folder: str | Path) -> dict[str, Any
 
 
 def _items(path: str) -> int:
-    from tfduch.archive.shards import read_shard_meta
+    from tfduch.index.code_shards import read_shard_meta
 
     return int(read_shard_meta(path)["items"])
 
 
 def _items_and_captions(path: str) -> tuple[int, int]:
     """Items and captions of one archive file, in one read (the payloads are parsed only when captions count)."""
-    from tfduch.archive.shards import read_shard
+    from tfduch.index.code_shards import read_shard
 
     codes, _, payloads = read_shard(path)
     return len(codes), sum(len(p.get("captions") or ()) for p in payloads)
@@ -100,7 +100,7 @@ def _check_encoder(encoder: QueryEncoder, model: dict[str, Any], folder: str) ->
 
 def _build_shard(job: _Job, encoder: QueryEncoder | None = None) -> dict[str, Any]:
     """Read the overlapping archive files, add images (and encoded captions), save one index file."""
-    from tfduch.archive.shards import read_shard
+    from tfduch.index.code_shards import read_shard
 
     if encoder is None and job.encoder_spec is not None:
         encoder = open_encoder(**job.encoder_spec)
@@ -163,7 +163,7 @@ def build_from_shards(folder: str | Path, out: str | Path, *, index_shards: int 
     archive's collections in parallel, and a re-run with ``resume`` finishes an interrupted load without
     duplicates (same ids, upserts).
     """
-    from tfduch.archive.shards import iter_shards, join, read_manifest, shard_name
+    from tfduch.index.code_shards import iter_shards, join, read_manifest, shard_name
     from tfduch.index.milvus import is_milvus_location
 
     mtarget = None
@@ -242,7 +242,7 @@ def build_from_shards(folder: str | Path, out: str | Path, *, index_shards: int 
         written = _pool_map(_build_shard, jobs, workers)
     count = {name: sum(w["count"][name] for w in written) for name in COLLECTIONS}
     if index_shards > 1:
-        meta = {"bits": model["bits"], "model_id": model["model_id"], "model": model, "created_at": _now(),
+        meta = {"bits": model["bits"], "model_id": model["model_id"], "model": model, "created_at": now_iso(),
                 "updated_at": None, "backend": {"name": backend, **dict(backend_params or {})},
                 "source": {"archive": folder}}
         write_shard_set(out, meta, written)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tfduch.index.backends import _FAR, _faiss, _sort_candidates
+from tfduch.index.backends import FAR, load_faiss, sort_candidates
 from tfduch.index.core import HammingIndex, Hit, as_packed, check_k, hits_from
 from tfduch.index.errors import IndexFileError, SearchError
 from tfduch.index.store import MAGIC, ArchiveIndex, load_index
@@ -109,7 +109,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def _one_omp_thread() -> Iterator[None]:
     """faiss single-threaded in this thread while the shard threads run: the parallelism is across shards,
     and OpenMP teams spinning beside the pool threads on the same cores cost ~50x (measured, 2 cores)."""
-    faiss = _faiss()
+    faiss = load_faiss()
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
@@ -157,8 +157,8 @@ class ShardedCollection:
             with _one_omp_thread():
                 found = some(groups[0]) + [r for f in futures for r in f.result()]
         ids, dist = (np.concatenate(a, axis=1) for a in zip(*found, strict=True))
-        dist = np.where(ids < 0, _FAR, dist)  # an approximate shard's empty slots sort last
-        dist, ids = _sort_candidates(dist, ids, k)
+        dist = np.where(ids < 0, FAR, dist)  # an approximate shard's empty slots sort last
+        dist, ids = sort_candidates(dist, ids, k)
         return ids, dist
 
     def search_hits(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
@@ -192,8 +192,8 @@ class ShardedIndex(ArchiveIndex):
         threads = min(len(shards), os.cpu_count() or 1) if threads is None else threads
         self.shards = list(shards)
         # threads - 1 pool threads: the calling thread searches one group of shards itself
-        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="tfduch-shard",
-                                        initializer=lambda: _faiss().omp_set_num_threads(1)) if threads > 1 else None
+        self._pool = None if threads <= 1 else ThreadPoolExecutor(
+            threads - 1, thread_name_prefix="tfduch-shard", initializer=lambda: load_faiss().omp_set_num_threads(1))
         entries = metadata["shards"]
         collections = {
             name: ShardedCollection(name, [s.collections[name] for s in self.shards],

@@ -50,7 +50,7 @@ _PREAMBLE = struct.Struct("<8sII Q 32s")  # magic, version, reserved, header len
 _ALIGN = 64
 
 
-def _now() -> str:
+def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -88,7 +88,7 @@ class ArchiveIndex:
         if model.get("bits") is not None and int(model["bits"]) != int(bits):
             raise IncompatibleIndexError(f"model produces {model['bits']}-bit codes, index asked for {bits}")
         meta = {"bits": int(bits), "model_id": model.get("model_id"), "model": model,
-                "created_at": _now(), "updated_at": None}
+                "created_at": now_iso(), "updated_at": None}
         return cls(meta, {name: HammingIndex(bits, make_backend(backend, bits, **backend_params))
                           for name in collections})
 
@@ -141,12 +141,12 @@ class ArchiveIndex:
             ) -> np.ndarray:
         """Append items to a collection; returns their ids."""
         ids = self.collection(collection).add(codes, payloads)
-        self.metadata["updated_at"] = _now()
+        self.metadata["updated_at"] = now_iso()
         return ids
 
     def remove(self, collection: str, ids: list[int]) -> int:
         n = self.collection(collection).remove(ids)
-        self.metadata["updated_at"] = _now()
+        self.metadata["updated_at"] = now_iso()
         return n
 
     def info(self) -> dict[str, Any]:

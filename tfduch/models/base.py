@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfduch.codes import sign
 from tfduch.models.heads import build_hash_head
 
 
@@ -40,6 +41,11 @@ class CrossModalHasher(keras.Model):
     def hashing_variables(self) -> list[keras.Variable]:
         """What the hashing optimizer updates (a method with more trainable parts extends it)."""
         return self.image_head.trainable_variables + self.text_head.trainable_variables
+
+    def build_state(self) -> None:
+        """Create every variable (heads, optimizer slots) now, so checkpoints restore into existing variables."""
+        self({"image": tf.zeros((2, self.image_dim)), "text": tf.zeros((2, self.text_dim))})
+        self.optimizer.build(self.hashing_variables)
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         out = {}
@@ -74,7 +80,7 @@ class CrossModalHasher(keras.Model):
             for i in range(0, len(features), batch_size)
         ]
         h = np.concatenate(chunks) if chunks else np.zeros((0, self.bits), np.float32)
-        return np.where(h >= 0, 1, -1).astype(np.int8)
+        return sign(h)
 
     def get_config(self) -> dict[str, Any]:
         return {

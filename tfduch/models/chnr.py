@@ -2,7 +2,7 @@
 
 DUCH's hashing heads and losses plus a noise detector (:mod:`tfduch.models.noise_detector`) that
 learns what a correctly matched image–caption pair looks like. Training has two phases, switched by
-:class:`tfduch.training.phases.PhaseSwitch` through the ``phase`` variable (no retracing):
+:class:`tfduch.models.phases.PhaseSwitch` through the ``phase`` variable (no retracing):
 
 1. *meta-learning* (epochs ``[0, switch_epoch)``): on the trusted clean subset, the detector learns
    real = matched pairs vs fake = the image with a caption of another class from the batch (BCE +
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import numpy as np
@@ -29,10 +29,6 @@ from tfduch.config import CHNRConfig, LossConfig
 from tfduch.losses import discriminator_loss, gradient_penalty, quantization_loss
 from tfduch.models.duch import DUCH
 from tfduch.models.noise_detector import build_noise_detector, pair_features
-
-if TYPE_CHECKING:
-    from tfduch.config import Config
-    from tfduch.training.trainer import ModelShape
 
 META_PHASE, WEIGHTED_PHASE = 1, 2
 CHNR_METRICS = ("detector", "real_score", "fake_score", "pair_weight")
@@ -112,7 +108,7 @@ class CHNR(DUCH):
 
     def fit(self, *args: Any, callbacks: list[keras.callbacks.Callback] | None = None, **kwargs: Any) -> Any:
         """``keras.Model.fit`` with the phase switch always attached: without it CHNR would never leave phase 1."""
-        from tfduch.training.phases import PhaseSwitch
+        from tfduch.models.phases import PhaseSwitch
 
         callbacks = list(callbacks or [])
         if not any(isinstance(cb, PhaseSwitch) for cb in callbacks):
@@ -265,10 +261,3 @@ class CHNR(DUCH):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "chnr": dataclasses.asdict(self.chnr_config)}
-
-
-
-def build_chnr(cfg: Config, shape: ModelShape) -> CHNR:
-    """Trainer factory (``model.method: chnr``)."""
-    return CHNR(image_dim=shape.image_dim, text_dim=shape.text_dim, bits=cfg.model.bits, num_train=shape.num_train,
-                hidden_dim=cfg.model.hidden_dim, loss=cfg.loss, chnr=cfg.noise.chnr, seed=cfg.train.seed)

@@ -23,7 +23,7 @@ import tensorflow as tf
 from tfduch.losses.joint_semantics import djsrh_similarity
 from tfduch.losses.similarity import code_similarity_loss
 from tfduch.models.base import CrossModalHasher
-from tfduch.models.duch import _apply
+from tfduch.models.replicas import apply_gradients
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,6 @@ def head_logits(head: keras.Model, x: tf.Tensor, training: bool) -> tf.Tensor:
     raise ValueError(f"head {head.name!r} has no final 'codes' activation layer")
 
 
-class NoCodeTargets:
-    """Methods without DUCH's binary code targets: the trainer's per-epoch refresh does nothing."""
-
-    def refresh(self) -> None:
-        return None
-
-
 class DJSRH(CrossModalHasher):
     """Two hashing heads trained to reconstruct a joint-modal similarity matrix; one optimizer."""
 
@@ -76,11 +69,6 @@ class DJSRH(CrossModalHasher):
                  params: DJSRHParams | dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(image_dim, text_dim, bits, hidden_dim, **kwargs)
         self.params = self._params(params)
-        # The trainer builds a discriminator and refreshes code targets for every method; DJSRH has
-        # neither, so a weightless identity and a no-op stand in.
-        self.discriminator = keras.layers.Identity(name="no_discriminator")
-        self.code_targets = NoCodeTargets()
-        self.discriminator_optimizer: keras.optimizers.Optimizer | None = None
         self.weight_decay = 0.0
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
 
@@ -88,12 +76,8 @@ class DJSRH(CrossModalHasher):
     def _params(cls, params: Any) -> Any:
         return params if isinstance(params, DJSRHParams) else DJSRHParams(**(params or {}))
 
-    def compile(self, optimizer: keras.optimizers.Optimizer, discriminator_optimizer: Any = None,
-                weight_decay: float = 0.0, discriminator_weight_decay: float = 0.0, **kwargs: Any) -> None:
-        """Use the trainer's learning rate; swap its Adam for the reference SGD unless ``optimizer: adam``."""
-        if self.params.optimizer == "sgd":
-            lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-            optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=self.params.momentum)
+    def compile(self, optimizer: keras.optimizers.Optimizer, weight_decay: float = 0.0, **kwargs: Any) -> None:
+        """One optimizer (the method declares which: the reference SGD with momentum, or Adam); coupled L2."""
         super().compile(optimizer=optimizer, **kwargs)
         self.weight_decay = float(weight_decay)
 
@@ -125,7 +109,7 @@ class DJSRH(CrossModalHasher):
             code_t = tf.tanh(alpha * head_logits(self.text_head, batch["text"], training=True))
             losses = self.similarity_losses(code_i, code_t, target)
         variables = self.hashing_variables
-        _apply(self.optimizer, tape.gradient(losses["loss"], variables), variables, self.weight_decay)
+        apply_gradients(self.optimizer, tape.gradient(losses["loss"], variables), variables, self.weight_decay)
         for name, value in losses.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}

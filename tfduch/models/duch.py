@@ -27,8 +27,8 @@ from tfduch.losses import (
 )
 from tfduch.models.base import CrossModalHasher
 from tfduch.models.heads import build_discriminator
+from tfduch.models.replicas import apply_gradients, gather_replicas, step_logs
 from tfduch.models.targets import CodeTargets
-from tfduch.training.distribute import gather_replicas, replica_scale, step_logs
 
 LOSS_NAMES = ("loss", "ntxent", "adversarial", "quantization", "bit_balance", "discriminator")
 
@@ -62,6 +62,14 @@ class DUCH(CrossModalHasher):
 
     # --- the two updates -------------------------------------------------------------------------
 
+    def build_state(self) -> None:
+        """The heads and the hashing optimizer (base), then the code discriminator and its optimizer."""
+        self({"image": tf.zeros((2, self.image_dim)), "text": tf.zeros((2, self.text_dim))})
+        self.discriminator(tf.zeros((2, self.bits)))
+        self.optimizer.build(self.hashing_variables)
+        if self.discriminator_optimizer is not None:
+            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+
     def discriminator_step(self, image_codes: list[tf.Tensor], text_codes: list[tf.Tensor]) -> tf.Tensor:
         """One discriminator update on (text view i = real, image view i = fake) pairs of detached codes."""
         cfg = self.loss_config
@@ -75,7 +83,8 @@ class DUCH(CrossModalHasher):
                 eps = keras.random.uniform(tf.shape(real), seed=self._noise)
                 total += discriminator_loss(d_real, d_fake)
                 total += cfg.gradient_penalty * gradient_penalty(self.discriminator, real, fake, eps)
-        _apply(self.discriminator_optimizer, tape.gradient(total, d_vars), d_vars, self.discriminator_weight_decay)
+        apply_gradients(self.discriminator_optimizer, tape.gradient(total, d_vars), d_vars,
+                        self.discriminator_weight_decay)
         return total
 
     def contrastive(self, a: tf.Tensor, b: tf.Tensor, pair_weights: tf.Tensor | None = None) -> tf.Tensor:
@@ -151,7 +160,7 @@ class DUCH(CrossModalHasher):
                                                      [codes["text"], codes["text_aug"]])
             losses = self.objective(codes, batch)
         variables = self.hashing_variables
-        _apply(self.optimizer, tape.gradient(losses["loss"], variables), variables, self.weight_decay)
+        apply_gradients(self.optimizer, tape.gradient(losses["loss"], variables), variables, self.weight_decay)
         self.code_targets.record(batch["index"], codes)
         logged = {**losses, "discriminator": d_loss, **logged}
         for name, value in logged.items():
@@ -165,10 +174,3 @@ class DUCH(CrossModalHasher):
         return {**super().get_config(), "num_train": self.num_train, "seed": self.seed,
                 "loss": dataclasses.asdict(self.loss_config)}
 
-
-def _apply(optimizer: keras.optimizers.Optimizer, grads: list[tf.Tensor], variables: list[keras.Variable],
-           decay: float) -> None:
-    """Add coupled L2 and apply; each replica's gradient of the (replicated) global loss counts 1/R of the sum."""
-    if decay:
-        grads = [g + decay * tf.convert_to_tensor(v) for g, v in zip(grads, variables, strict=True)]
-    optimizer.apply(replica_scale(grads), variables)

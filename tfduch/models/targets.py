@@ -59,3 +59,10 @@ class CodeTargets(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "num_items": self.num_items, "bits": self.bits,
                 "views": list(self.views), "seed": self.seed}
+
+
+class CodeTargetUpdate(keras.callbacks.Callback):
+    """Refresh the quantization targets B from the codes recorded during the epoch (methods with CodeTargets)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.code_targets.refresh()

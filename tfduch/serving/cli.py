@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tfduch.codes import packed_hex
 from tfduch.errors import ConfigError, TfduchError, run_command
 
 SERVE_EPILOG = """\
@@ -218,7 +219,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             labels, codes = _encode_inputs(client, args)
         except (OSError, ValueError) as exc:  # unreadable input file, wrong feature array
             raise ConfigError(f"cannot encode the inputs: {exc}") from None
-        hexes = [np.packbits(row > 0).tobytes().hex() for row in codes]
+        hexes = packed_hex(codes)
         if args.output is None:
             for code, label in zip(hexes, labels, strict=True):
                 print(f"{code}\t{label}")

@@ -25,7 +25,6 @@ from typing import Any
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -38,16 +37,14 @@ from tfduch.serving import ServingError
 from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
 
 __all__ = ["Client", "ModelMetadata", "SignatureSpec", "DEFAULT_SIGNATURES", "CODES_OUTPUT", "METADATA_SIGNATURE",
-           "METADATA_OUTPUT", "METADATA_FIELD", "as_decodable_image"]
+           "METADATA_OUTPUT", "as_decodable_image"]
 
 CODES_OUTPUT = "codes"
-# The export's metadata JSON reaches the client in one of two ways, tried in this order:
-# 1. a signature with no inputs whose ``json`` output is the JSON (works with the real TF Serving too);
-# 2. the GetModelMetadata field ``tfduch_metadata`` = ``assets.extra/tfduch_metadata.json`` (a tfduch
-#    serve extension; the real TF Serving answers INVALID_ARGUMENT, and the client returns no metadata).
+# The export's metadata JSON reaches the client through the export's ``metadata`` signature: no inputs,
+# one scalar string output ``json`` (tfduch.export.graph writes it). A Predict on a signature is what the
+# real TF Serving answers, so the model-id check works against it and against ``tfduch serve`` alike.
 METADATA_SIGNATURE = "metadata"
 METADATA_OUTPUT = "json"
-METADATA_FIELD = "tfduch_metadata"
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 # Formats tf.io.decode_image reads; anything else (TIFF, ...) is re-encoded as PNG before sending.
 _DECODABLE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
@@ -76,8 +73,8 @@ class ModelMetadata:
 
     ``signatures`` maps a signature name to ``{"inputs": {name: {"dtype", "shape"}}, "outputs": ...}``
     (shape ``-1`` = any). ``tfduch`` is the export's metadata JSON (code length, method, encoders,
-    model id, ...) when the server can provide it (a ``metadata`` signature, or ``tfduch serve``
-    reading the export's ``assets.extra``), else ``None`` (e.g. a real TF Serving without the signature).
+    model id, ...) read through the export's ``metadata`` signature, else ``None`` (a SavedModel without
+    that signature, e.g. an export written before it existed).
     """
 
     model_name: str
@@ -276,18 +273,7 @@ class Client:
             # already be another one, without this signature.
             value = self.predict({}, METADATA_SIGNATURE, version=version)[METADATA_OUTPUT]
             return json.loads(value.item() if isinstance(value, np.ndarray) else value)
-        request = get_model_metadata_pb2.GetModelMetadataRequest()
-        self._spec(request, version=version)  # the version whose signatures were just read
-        request.metadata_field.append(METADATA_FIELD)
-        try:
-            response = self._call(self._predict.GetModelMetadata, request)
-        except ServingError as exc:
-            if exc.code == "INVALID_ARGUMENT":  # a server without the extension, or no metadata file
-                return None
-            raise
-        text = wrappers_pb2.StringValue()
-        response.metadata[METADATA_FIELD].Unpack(text)
-        return json.loads(text.value)
+        return None
 
     def status(self) -> list[dict[str, Any]]:
         """GetModelStatus: ``[{"version", "state", "error_code", "error_message"}]``, newest first."""

@@ -9,12 +9,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-
-class CodeTargetUpdate(keras.callbacks.Callback):
-    """Refresh the quantization targets B from the codes recorded during the epoch."""
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.model.code_targets.refresh()
+# Method-specific callbacks live with their models; re-exported for existing callers.
+from tfduch.models.phases import PhaseSwitch  # noqa: F401
+from tfduch.models.targets import CodeTargetUpdate  # noqa: F401
 
 
 class StepDecay(keras.callbacks.Callback):

@@ -1,7 +1,9 @@
 """Build a hashing model from a config and train it with ``keras.Model.fit``.
 
-This is the one trainer of the project: a method plugs in by registering a model class in
-:data:`METHODS`; its ``train_step`` holds whatever makes the method different.
+This is the one trainer of the project. It knows no method by name: the method's declaration in
+:mod:`tfduch.methods` (looked up in its registry) says how to build the model, which optimizers it
+compiles with and which callbacks its training needs; the model's ``train_step`` holds whatever else
+makes the method different.
 """
 
 from __future__ import annotations
@@ -10,48 +12,18 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from tfduch.config import Config
 from tfduch.errors import ConfigError
+from tfduch.methods import LearnedMethod, ModelShape, learned_method
 from tfduch.models.base import CrossModalHasher
-from tfduch.models.duch import DUCH
-from tfduch.training.callbacks import CodeTargetUpdate, PeriodicEvaluation, ResumableCheckpoint, StepDecay
+from tfduch.training.callbacks import PeriodicEvaluation, ResumableCheckpoint, StepDecay
 from tfduch.training.data import TrainingFeatures, make_dataset
 from tfduch.training.distribute import discard_worker_dir, make_strategy, worker_dir
-
-ModelFactory = Callable[[Config, "ModelShape"], CrossModalHasher]
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What a model needs to know about its data to be built: feature sizes and training-set size."""
-
-    image_dim: int
-    text_dim: int
-    num_train: int
-
-    @classmethod
-    def of(cls, features: TrainingFeatures) -> ModelShape:
-        return cls(int(features.image.shape[1]), int(features.captions.shape[-1]), len(features))
-
-
-def _build_duch(cfg: Config, shape: ModelShape) -> CrossModalHasher:
-    return DUCH(image_dim=shape.image_dim, text_dim=shape.text_dim, bits=cfg.model.bits, num_train=shape.num_train,
-                hidden_dim=cfg.model.hidden_dim, loss=cfg.loss, seed=cfg.train.seed)
-
-
-METHODS: dict[str, ModelFactory] = {"duch": _build_duch}
-
-
-def register_method(name: str, factory: ModelFactory) -> None:
-    """Make a new method trainable by name (``model.method`` in a config)."""
-    METHODS[name] = factory
 
 
 def build_model(cfg: Config, data: TrainingFeatures | ModelShape) -> CrossModalHasher:
@@ -60,13 +32,10 @@ def build_model(cfg: Config, data: TrainingFeatures | ModelShape) -> CrossModalH
     Everything (heads, both optimizers, code targets, metrics) is created under ``train.strategy``'s scope, so
     ``fit`` distributes it; a method whose ``train_step`` is not known to be correct on several replicas is refused.
     """
-    import tfduch.methods  # noqa: F401  (registers cach, djsrh, jdsh; lazy to avoid an import cycle)
-    factory = METHODS.get(cfg.model.method)
-    if factory is None:
-        raise ValueError(f"unknown method {cfg.model.method!r}; known: {', '.join(sorted(METHODS))}")
+    method = learned_method(cfg.model.method)
     strategy = make_strategy(cfg.train.strategy)
     with strategy.scope():
-        model = _build_compiled(cfg, data, factory)
+        model = _build_compiled(cfg, data, method)
     if strategy.num_replicas_in_sync > 1 and not model.distributable:
         raise ConfigError(f"method {cfg.model.method!r} does not support training on "
                           f"{strategy.num_replicas_in_sync} replicas (train.strategy={cfg.train.strategy}); "
@@ -74,23 +43,11 @@ def build_model(cfg: Config, data: TrainingFeatures | ModelShape) -> CrossModalH
     return model
 
 
-def _build_compiled(cfg: Config, data: TrainingFeatures | ModelShape, factory: ModelFactory) -> CrossModalHasher:
+def _build_compiled(cfg: Config, data: TrainingFeatures | ModelShape, method: LearnedMethod) -> CrossModalHasher:
     keras.utils.set_random_seed(cfg.train.seed)
-    model = factory(cfg, data if isinstance(data, ModelShape) else ModelShape.of(data))
-    t = cfg.train
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=t.lr),
-        discriminator_optimizer=keras.optimizers.Adam(learning_rate=t.disc_lr, beta_1=t.disc_beta_1,
-                                                      beta_2=t.disc_beta_2),
-        weight_decay=t.weight_decay,
-        discriminator_weight_decay=t.disc_weight_decay,
-    )
-    # Build every variable now so checkpoints restore into existing variables.
-    model({"image": tf.zeros((2, model.image_dim)), "text": tf.zeros((2, model.text_dim))})
-    model.discriminator(tf.zeros((2, model.bits)))
-    model.optimizer.build(model.hashing_variables)
-    if getattr(model, "discriminator_optimizer", None) is not None:
-        model.discriminator_optimizer.build(model.discriminator.trainable_variables)
+    model = method.build(cfg, data if isinstance(data, ModelShape) else ModelShape.of(data))
+    model.compile(**method.optimizers(cfg, model))
+    model.build_state()  # every variable now, so checkpoints restore into existing variables
     return model
 
 
@@ -109,7 +66,7 @@ def train(cfg: Config, features: TrainingFeatures, output_dir: str | Path,
     model = model or build_model(cfg, features)
     dataset = make_dataset(features, cfg.train.batch_size, seed=cfg.train.seed)
     callbacks: list[keras.callbacks.Callback] = [
-        CodeTargetUpdate(),
+        *learned_method(cfg.model.method).callbacks(cfg),
         StepDecay(cfg.train.lr, cfg.train.lr_decay_every, cfg.train.lr_decay_factor, cfg.train.min_lr),
     ]
     initial_epoch = 0

@@ -30,11 +30,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from tfduch.index.cli import _encoder, open_location
+    from tfduch.index.cli import open_location, query_encoder
     from tfduch.web.app import SearchApp, serve
 
     index = open_location(args.index, args)  # an index file, a shard set or an archive in Milvus
-    encoder = _encoder(args, index.metadata.get("model"))
+    encoder = query_encoder(args, index.metadata.get("model"))
     app = SearchApp(index, encoder, max_query_chars=args.max_query_chars, max_k=args.max_k)
     print("warming up the text encoder …", file=sys.stderr)
     encoder.encode_texts(["warm up"])

@@ -11,13 +11,11 @@ from conftest import clustered_features
 from tfduch.config import Config
 from tfduch.data.noise import make_caption_noise, select_clean_subset
 from tfduch.eval import map_at_k
-from tfduch.models.chnr import WEIGHTINGS, build_chnr, fake_partners
+from tfduch.models.chnr import WEIGHTINGS, fake_partners
 from tfduch.reports.noise import roc_auc
 from tfduch.training.data import TrainingFeatures
 from tfduch.training.phases import PhaseSwitch
-from tfduch.training.trainer import build_model, register_method, train
-
-register_method("chnr", build_chnr)
+from tfduch.training.trainer import build_model, train
 
 
 def noisy_features(n: int = 240, classes: int = 4, p: float = 0.7, seed: int = 1):

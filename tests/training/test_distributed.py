@@ -9,7 +9,7 @@ run in another order). Measured: per-epoch losses agree to ~1e-7 relative and th
 ``LOSS_RTOL`` on the losses and ``MAP_TOLERANCE`` on cross-modal mAP@20. One replica under MirroredStrategy runs
 the same arithmetic as no strategy: equal to 1e-5.
 
-Run one worker by hand: ``python tests/test_distributed.py --data DIR --output DIR --strategy multiworker``.
+Run one worker by hand: ``python tests/training/test_distributed.py --data DIR --output DIR --strategy multiworker``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def small_config(output: Path, strategy: str, epochs: int = EPOCHS):
 
 def synthetic_prepared(data_root: Path):
     """The synthetic dataset, its protocol split, and class-clustered stand-ins for encoder features."""
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent))  # tests/: the shared conftest
     from conftest import clustered_features
 
     from tfduch.data.karpathy import load_dataset
@@ -126,7 +126,7 @@ def test_two_workers_match_single_worker_training(data_root: Path, single_worker
             procs.append(subprocess.Popen(
                 [sys.executable, str(Path(__file__)), "--data", str(data_root), "--output", str(out),
                  "--strategy", "multiworker"], env={**env, "TF_CONFIG": tf_config}, stdout=logs[i],
-                stderr=subprocess.STDOUT, cwd=str(HERE.parent)))
+                stderr=subprocess.STDOUT, cwd=str(HERE.parents[1])))
         deadline = time.monotonic() + WORKER_TIMEOUT_S
         for proc in procs:
             try:

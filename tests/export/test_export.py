@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_run
 from PIL import Image
 
 from tfduch.export.layout import (
@@ -38,34 +39,6 @@ TEXTS = [
     "two tennis courts surrounded by green trees " * 12,
     "这是一个港口",
 ]
-
-
-def make_run(out: Path, seed: int = 0) -> Path:
-    """A finished run folder (config.yaml, model.json, model.weights.h5) with real-encoder feature sizes."""
-    from tfduch.config import load_config
-    from tfduch.encoders.efficientnet_lite import image_encoder_id
-    from tfduch.encoders.minilm import text_encoder_id
-    from tfduch.training.data import TrainingFeatures
-    from tfduch.training.trainer import train
-
-    rng = np.random.default_rng(seed)
-    n = 64
-    image = rng.normal(size=(n, 1280)).astype(np.float32)
-    captions = rng.normal(size=(n, 2, 384)).astype(np.float32)
-    features = TrainingFeatures(image, image[None] + 0.1, captions, np.full(n, 2), rng.integers(0, 2, n))
-    cfg = load_config(None, [f"model.bits={BITS}", "model.hidden_dim=256", "train.epochs=1", "train.batch_size=32",
-                             "features.image_encoder=lite0",
-                             "train.checkpoint=false", "train.tensorboard=false", "train.verbose=0",
-                             f"output_dir={out}"])
-    model, _ = train(cfg, features, out)
-    cfg.save(out / "config.yaml")
-    model.save_weights(out / "model.weights.h5")
-    (out / "model.json").write_text(json.dumps({
-        "method": "duch", "bits": BITS, "image_dim": 1280, "text_dim": 384, "num_train": n,
-        "encoders": {"image": image_encoder_id("lite0"), "text": text_encoder_id()},
-        "dataset": "random", "dataset_fingerprint": "f" * 64, "split_digest": "d" * 16,
-        "trained_at": "2025-01-01T00:00:00+00:00"}))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +132,7 @@ def test_signatures_names_dtypes_and_shapes(loaded):
 
     sigs = loaded.signatures
     assert set(sigs) == {"serving_default", "encode_text", "encode_image", "encode_image_features",
-                         "encode_text_features"}
+                         "encode_text_features", "metadata"}
     expected_inputs = {"serving_default": ("text", tf.string, [None]), "encode_text": ("text", tf.string, [None]),
                        "encode_image": ("image_bytes", tf.string, [None]),
                        "encode_image_features": ("features", tf.float32, [None, 1280]),
@@ -201,14 +174,16 @@ def test_metadata_describes_the_model(exported, loaded, trained, run_dir):
     assert meta["preprocessing"]["image_size"] == 224 and meta["preprocessing"]["source_size"] == 256
     assert str(run_dir) not in json.dumps(meta)  # no machine paths
     # model_id: a digest of the heads' weights + what shapes the codes; same run -> same id.
-    weights = [(v.path, v.numpy()) for v in model.image_head.weights + model.text_head.weights]
-    again = build_metadata(run_meta=run_meta, config=cfg.to_dict(), weights=weights,
-                           preprocessing=meta["preprocessing"], signatures=meta["signatures"],
+    from tfduch.runs import compute_model_id, head_weights, model_identity
+
+    weights, identity = head_weights(model), model_identity(run_meta, cfg.to_dict())
+    again = build_metadata(run_meta={**run_meta, "model_id": compute_model_id(weights, identity)},
+                           config=cfg.to_dict(), preprocessing=meta["preprocessing"], signatures=meta["signatures"],
                            model_name="other", version=7)
     assert again["model_id"] == meta["model_id"] == loaded.model_id
     weights[0] = (weights[0][0], weights[0][1] + 1e-6)
-    changed = build_metadata(run_meta=run_meta, config=cfg.to_dict(), weights=weights,
-                             preprocessing=meta["preprocessing"], signatures=meta["signatures"],
+    changed = build_metadata(run_meta={**run_meta, "model_id": compute_model_id(weights, identity)},
+                             config=cfg.to_dict(), preprocessing=meta["preprocessing"], signatures=meta["signatures"],
                              model_name="ucm", version=1)
     assert changed["model_id"] != meta["model_id"]
 
@@ -483,7 +458,7 @@ def test_bias_correction_runs_from_block_boundaries_only_where_the_graph_allows(
     """Measurements start from cached activations at single-tensor cuts; a residual branch is not cut."""
     import keras
 
-    from tfduch.export.tflite import _cut_positions, bias_corrected_encoder
+    from tfduch.export.bias_correction import bias_corrected_encoder, cut_positions
 
     inputs = keras.Input((8, 8, 3), name="images")
     a = keras.layers.BatchNormalization(name="a_bn")(
@@ -495,7 +470,7 @@ def test_bias_correction_runs_from_block_boundaries_only_where_the_graph_allows(
         keras.layers.Conv2D(4, 1, use_bias=False, name="c_conv")(x))
     model = keras.Model(inputs, outputs)
     names = [layer.name for layer in model.layers]
-    cuts = {names[i] for i in _cut_positions(model)}
+    cuts = {names[i] for i in cut_positions(model)}
     assert {"images", "a_conv", "a_bn", "add", "c_conv", "c_bn"} <= cuts
     assert not {"b_conv", "b_bn"} & cuts  # the add still reads a_bn past them
     rng = np.random.default_rng(1)

@@ -84,7 +84,7 @@ def dead_paths(out: Path) -> dict[str, str]:
 
 def test_two_workers_give_the_single_process_codes_and_dead_letter_bad_files(archive: Path, tmp_path: Path) -> None:
     """The real pipeline: RunEncoder in 2 DirectRunner processes = RunEncoder.encode_images in this one."""
-    from test_export import make_run
+    from conftest import make_run
 
     from tfduch.index.encoders import RunEncoder
 

@@ -49,7 +49,7 @@ from tfduch.serving.models import (  # noqa: E402
 from tfduch.serving.server import ModelServer, ServerOptions  # noqa: E402
 
 BITS = 16
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,9 +221,9 @@ def test_metadata_signatures_and_export_metadata(server, client):
     assert meta.signatures["encode_text"]["inputs"] == {"text": {"dtype": "string", "shape": [-1]}}
     assert meta.signatures["encode_text"]["outputs"]["codes"] == {"dtype": "int8", "shape": [-1, BITS]}
     assert meta.tfduch == {"code_length": BITS, "model_id": "toy-1"} and meta.code_length == BITS
-    with Client(server.grpc_address, "plain") as plain:  # no metadata signature: assets.extra via the extension
+    with Client(server.grpc_address, "plain") as plain:  # no metadata signature: the client reads nothing else
         other = plain.metadata()
-        assert other.version == 3 and other.tfduch == {"code_length": BITS, "model_id": "p"}
+        assert other.version == 3 and other.tfduch is None and other.code_length == BITS
     with Client(server.grpc_address, "bare") as bare:  # neither: signature defs only
         other = bare.metadata()
         assert other.tfduch is None and other.code_length == BITS

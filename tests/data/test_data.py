@@ -27,7 +27,7 @@ from tfduch.data import (
 )
 from tfduch.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -183,7 +183,8 @@ def test_build_search_and_add_with_a_trained_run(trained, capsys) -> None:
     assert "added 1 image items (ids 32..32)" in capsys.readouterr().out
     other = root / "other_run"
     shutil.copytree(run, other)
-    (other / "model.json").write_text((other / "model.json").read_text() + "\n")  # a different model id
+    meta = json.loads((other / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**meta, "model_id": "0" * 16}))  # a different model id
     before = out.read_bytes()
     assert main(["index", "add", "--index", str(out), "--run", str(other), "--images", str(extra), "--quiet"]) == 2
     assert "codes of different models are not comparable" in capsys.readouterr().err
@@ -212,6 +213,7 @@ def test_export_encoder_builds_and_queries_like_the_run(trained, capsys) -> None
     assert load_index(out).model_id == by_export.metadata["model_id"]
     assert main(["search", "--image", str(images[0]), "--index", str(out), "-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["results"][0]["distance"] == 0
-    # the run's codes are another model id: refused, with both ids named
-    assert main(["search", "forest", "--index", str(out), "--run", str(run)]) == 2
-    assert "codes of different models are not comparable" in capsys.readouterr().err
+    # the run and its export are one model (one model_id, issue 14): the run's codes query the export's index
+    assert RunEncoder(run).metadata["model_id"] == by_export.metadata["model_id"]
+    assert main(["search", "forest", "--index", str(out), "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["results"]
