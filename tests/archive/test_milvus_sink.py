@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from tfduch.index import code_shards as fmt  # noqa: E402
 from tfduch.archive.beam import EncoderSpec, encode_archive, pipeline_options  # noqa: E402
+from tfduch.index import code_shards as fmt  # noqa: E402
 from tfduch.index.from_shards import build_from_shards  # noqa: E402
 from tfduch.index.store import load_index  # noqa: E402
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfduch.index.code_shards import write_manifest, write_shard
 from tfduch.cli import main
 from tfduch.eval.ranking import pack_codes
 from tfduch.index import ArchiveIndex, IncompatibleIndexError, IndexFileError, SearchError
+from tfduch.index.code_shards import write_manifest, write_shard
 from tfduch.index.searcher import Searcher
 
 MODEL = {"bits": 16, "model_id": "m-milvus", "method": "duch"}
