@@ -315,7 +315,7 @@ def _bare_grpc_server(conn: Any) -> None:
     import grpc
     from tensorflow_serving.apis import predict_pb2
 
-    from tfduch.serving.server import _GRPC_OPTIONS
+    from tfduch.serving.grpc_api import GRPC_OPTIONS as _GRPC_OPTIONS
     from tfduch.serving.tensors import array_to_tensor_proto
 
     response = predict_pb2.PredictResponse()

@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfduch.serving import ServingError
+from tfduch.serving.errors import ServingError
 from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
 
 __all__ = ["Client", "ModelMetadata", "SignatureSpec", "DEFAULT_SIGNATURES", "CODES_OUTPUT", "METADATA_SIGNATURE",
