@@ -136,12 +136,16 @@ class Client:
         signatures: overrides of :data:`DEFAULT_SIGNATURES` (keys ``text``, ``image``, ``image_features``,
             ``text_features``) for models exported with other names.
         credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; default is an insecure channel.
+        root_certificates: PEM of the CA that signed the server's certificate: TLS (implies a secure channel).
+        private_key, certificate_chain: PEM client key and certificate, for a server with ``client_verify``
+            (mutual TLS).
     """
 
     def __init__(self, target: str, model_name: str = "tfduch", *, version: int | None = None,
                  timeout: float = 30.0, retries: int = 3, backoff: float = 0.1, max_backoff: float = 5.0,
                  batch_size: int = 64, signatures: Mapping[str, SignatureSpec] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, root_certificates: bytes | None = None,
+                 private_key: bytes | None = None, certificate_chain: bytes | None = None) -> None:
         if batch_size < 1 or retries < 0 or timeout <= 0:
             raise ValueError(f"need batch_size >= 1, retries >= 0, timeout > 0; got {batch_size}, {retries}, "
                              f"{timeout}")
@@ -149,6 +153,10 @@ class Client:
         self.timeout, self.retries, self.backoff, self.max_backoff = timeout, retries, backoff, max_backoff
         self.batch_size = batch_size
         self.signatures = {**DEFAULT_SIGNATURES, **(signatures or {})}
+        if (private_key is None) != (certificate_chain is None):
+            raise ValueError("a client certificate needs both private_key and certificate_chain")
+        if credentials is None and (root_certificates or private_key):
+            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         else:

@@ -106,7 +106,7 @@ def read_batching_parameters(path: str | Path, base: BatchingOptions | None = No
             values[name] = int(getattr(params, name).value)
     values["allowed_batch_sizes"] = tuple(int(v) for v in params.allowed_batch_sizes)
     values["pad_variable_length_inputs"] = bool(params.pad_variable_length_inputs)
-    ignored = [name for name in _IGNORED_BATCHING if params.HasField(name)]
+    ignored = [field.name for field, _ in params.ListFields() if field.name in _IGNORED_BATCHING]
     if ignored:
         log.warning("%s: %s read but not used by tfduch serve", path, ", ".join(ignored))
     try:

@@ -434,8 +434,15 @@ class ModelManager:
         loaded = self._loaded[source.name]
         if not on_disk and not loaded:
             log.debug("no versions of model %s under %s yet", source.name, source.base_path)
-        for version in sorted(wanted - set(loaded), reverse=True):
-            self._load(source.name, version, usable[version])
+        while wanted - set(loaded):
+            for version in sorted(wanted - set(loaded), reverse=True):
+                self._load(source.name, version, usable[version])
+            # A version that failed to load (or to warm up) gives its place to the next one the policy picks.
+            failed = {v for v in wanted if (source.name, v) in self._failed}
+            if not failed:
+                break
+            usable = {v: p for v, p in usable.items() if v not in failed}
+            wanted = source.policy.select(usable)
         # The policy counts only versions that loaded: if the newest failed, the previous one stays.
         wanted = source.policy.select(set(self._loaded[source.name]) & set(on_disk))
         for version in sorted(set(loaded) - wanted):
