@@ -451,3 +451,52 @@ def test_serve_flags_read_the_config_files(tmp_path):
         serve_options(build_parser().parse_args([
             "serve", "--model_base_path", str(tmp_path), "--batching_parameters_file",
             str(REPO / "serving" / "batching.config")]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The deployment files
+# --------------------------------------------------------------------------------------------------
+def test_compose_file_and_sample_requests(store, tmp_path):
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((REPO / "serving" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert services["tensorflow-serving"]["image"].split(":")[1][0].isdigit()  # a pinned tag, not latest
+    for service in services.values():
+        for volume in service["volumes"]:
+            local = volume.split(":")[0]
+            if local.startswith("./"):
+                assert (REPO / "serving" / local).is_file(), volume
+        assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+    flags = services["tensorflow-serving"]["command"]
+    for flag in ("--model_config_file", "--batching_parameters_file", "--monitoring_config_file"):
+        assert any(f.startswith(flag + "=") for f in flags)
+        assert flag in services["tfduch-serve"]["command"][-1]
+    _install(store, tmp_path / "toy", 1, 1)
+    with ModelServer(_options([ModelSource("toy", tmp_path / "toy")])) as srv:
+        for name in ("encode_text_instances", "encode_text_columnar"):
+            body = json.loads((REPO / "serving" / "requests" / f"{name}.json").read_text())
+            status, reply = _http(srv.rest_port, "/v1/models/toy:predict", body)
+            texts = body.get("instances") or body["inputs"]["text"]
+            codes = reply["predictions"] if "predictions" in reply else reply["outputs"]
+            assert status == 200
+            np.testing.assert_array_equal(codes, _ref(store, 1, texts))
+    for path in (REPO / "serving" / "requests").glob("*.json"):
+        assert "signature_name" in json.loads(path.read_text())
+
+
+def test_list_custom_ops_finds_non_core_ops(store, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("list_custom_ops", REPO / "serving" / "list_custom_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.custom_ops(store[1]) == {}  # the toy uses core ops only
+    text = pytest.importorskip("tensorflow_text")
+
+    class Tokenize(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, x):
+            return {"n": text.normalize_utf8(x, "NFD")}
+
+    tf.saved_model.save(Tokenize(), str(tmp_path / "tok"))
+    assert "NormalizeUTF8" in module.custom_ops(tmp_path / "tok")

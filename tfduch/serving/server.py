@@ -74,7 +74,8 @@ class ModelServer:
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.metrics = ServingMetrics()
+        # Counted only when served (--monitoring_config_file with enable: true): no cost otherwise.
+        self.metrics = ServingMetrics() if options.monitoring.enable else None
         self.manager = ModelManager(options.models, options.file_system_poll_wait_seconds, options.limits,
                                     on_load=replay_warmup if options.enable_model_warmup else None)
         self.batcher: BatchScheduler | None = None
@@ -118,7 +119,8 @@ class ModelServer:
         return self
 
     def _batch_metric(self, runner: SignatureRunner, size: int) -> None:
-        self.metrics.observe_batch(runner.model, str(runner.version), runner.name, size)
+        if self.metrics is not None:
+            self.metrics.observe_batch(runner.model, str(runner.version), runner.name, size)
 
     # -- --model_config_file re-reading --------------------------------------------------------------
     def _start_config_polling(self) -> None:
