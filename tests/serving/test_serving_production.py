@@ -153,6 +153,9 @@ def test_labels_over_grpc_and_rest_and_config_reread(store, tmp_path):
             np.testing.assert_array_equal([row for row in body["predictions"]], _ref(store, salt, TEXTS))
             status, body = _http(srv.rest_port, f"/v1/models/toy/labels/{label}")
             assert status == 200 and body["model_version_status"][0]["version"] == str(version)
+        with Client(srv.grpc_address, "toy", version_label="canary") as canary:
+            np.testing.assert_array_equal(canary.encode_texts(TEXTS), _ref(store, 2, TEXTS))
+            assert canary.metadata().version == 2
         with pytest.raises(grpc.RpcError) as err:
             _predict_label(stub, "toy", "beta", TEXTS)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "label: beta" in err.value.details()
