@@ -16,6 +16,7 @@ as ``:tensorflow:serving:...``), with more labels so each model, version and sig
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -50,11 +51,18 @@ class ServingMetrics:
         self.batch_size = Histogram(
             ":tensorflow:serving:batching_session:batch_size", "Distribution of merged batch sizes (items).",
             ["model_name", "version", "signature_name"], buckets=_BATCH_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
     def observe_request(self, model: str, version: str, signature: str, status: str, seconds: float,
                         entrypoint: str) -> None:
-        self.request_count.labels(model, version, signature, entrypoint, status).inc()
-        self.request_latency.labels(model, version, signature, "predict", entrypoint).observe(seconds * 1e6)
+        key = (model, version, signature, entrypoint, status)
+        children = self._children.get(key)
+        if children is None:  # label lookups cost more than the update: keep each series' children
+            children = self._children[key] = (
+                self.request_count.labels(model, version, signature, entrypoint, status),
+                self.request_latency.labels(model, version, signature, "predict", entrypoint))
+        children[0].inc()
+        children[1].observe(seconds * 1e6)
 
     def observe_batch(self, model: str, version: str, signature: str, size: int) -> None:
         self.batch_size.labels(model, version, signature).observe(size)
