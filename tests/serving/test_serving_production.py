@@ -50,6 +50,10 @@ class _Toy(tf.Module):
         super().__init__()
         self.salt = tf.constant(str(salt))
 
+    @tf.function(input_signature=[])
+    def metadata(self):
+        return {"json": tf.strings.join(['{"salt": ', self.salt, "}"])}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def encode_text(self, text):
         hashed = tf.strings.to_hash_bucket_fast(tf.strings.join([self.salt, text], "|"), 2**31 - 1)
@@ -64,7 +68,8 @@ def store(tmp_path_factory):
     for salt in (1, 2, 3):
         module = _Toy(salt)
         tf.saved_model.save(module, str(root / f"v{salt}"),
-                            signatures={"serving_default": module.encode_text, "encode_text": module.encode_text})
+                            signatures={"serving_default": module.encode_text, "encode_text": module.encode_text,
+                                        "metadata": module.metadata})
         out[salt] = root / f"v{salt}"
     return out
 
@@ -483,6 +488,11 @@ def test_compose_file_and_sample_requests(store, tmp_path):
             codes = reply["predictions"] if "predictions" in reply else reply["outputs"]
             assert status == 200
             np.testing.assert_array_equal(codes, _ref(store, 1, texts))
+        # A signature without inputs and a scalar string output (the export's metadata signature), over REST.
+        body = json.loads((REPO / "serving" / "requests" / "metadata.json").read_text())
+        assert _http(srv.rest_port, "/v1/models/toy:predict", body) == (200, {"outputs": '{"salt": 1}'})
+        with Client(srv.grpc_address, "toy") as c:
+            assert c.predict({}, "metadata")["json"].item() == b'{"salt": 1}'
     for path in (REPO / "serving" / "requests").glob("*.json"):
         assert "signature_name" in json.loads(path.read_text())
 

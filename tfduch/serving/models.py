@@ -294,12 +294,19 @@ class SignatureRunner:
         try:
             tensors = {name: tf.constant(value, dtype=self.inputs[name].dtype) for name, value in inputs.items()}
             result = self.function(**tensors) if self._call is None else self._call(tensors)
-            return {name: value.numpy() for name, value in result.items()}
+            return {name: _as_array(value.numpy()) for name, value in result.items()}
         except tf.errors.OpError as exc:
             code = _TF_CODE_NAMES.get(exc.error_code, StatusCode.INTERNAL)
             raise ServingError(code, f"signature '{self.name}': {clean_tf_message(exc.message)}") from exc
         except (ValueError, TypeError) as exc:
             raise ServingError(StatusCode.INVALID_ARGUMENT, f"signature '{self.name}': {exc}") from exc
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """Scalar outputs come back from ``.numpy()`` as ``bytes`` / numpy scalars: make every output an array."""
+    if isinstance(value, np.ndarray):
+        return value
+    return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
 
 
 def _check_utf8(name: str, array: np.ndarray) -> None:
