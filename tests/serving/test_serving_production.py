@@ -189,6 +189,27 @@ def test_labels_over_grpc_and_rest_and_config_reread(store, tmp_path):
         assert gone.value.code == "NOT_FOUND"
 
 
+def test_reload_config_request_over_grpc(store, tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    _install(store, tmp_path / "toy", 1, 1)
+    _install(store, tmp_path / "other", 4, 3)
+    with ModelServer(_options([ModelSource("toy", tmp_path / "toy")], rest_api_port=-1)) as srv:
+        stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(srv.grpc_address))
+        request = model_management_pb2.ReloadConfigRequest()
+        text_format.Parse(_config_text({"other": {"path": tmp_path / "other", "versions": [4],
+                                                  "labels": {"stable": 4}}}), request.config)
+        assert stub.HandleReloadConfigRequest(request, timeout=30).status.error_code == 0
+        with Client(srv.grpc_address, "other", version_label="stable") as other:
+            np.testing.assert_array_equal(other.encode_texts(TEXTS), _ref(store, 3, TEXTS))
+        with Client(srv.grpc_address, "toy") as gone, pytest.raises(ServingError):
+            gone.encode_texts(TEXTS)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_shipped_models_config_parses_with_policy_and_labels():
     (source,) = read_model_config_file(REPO / "serving" / "models.config")
     assert (source.name, str(source.policy), dict(source.labels)) == ("tfduch", "specific:1,2",

@@ -1,24 +1,33 @@
 """The gRPC front end: TF Serving's ``PredictionService`` and ``ModelService`` over :mod:`core`.
 
 ``Predict`` / ``GetModelMetadata`` / ``GetModelStatus`` use the ``tensorflow_serving.apis`` protos
-unchanged, so any TF Serving client (ours included) talks to it. ``Classify``, ``Regress``,
-``MultiInference`` and ``HandleReloadConfigRequest`` answer UNIMPLEMENTED. With an SSL config the port
-speaks TLS, and mutual TLS when ``client_verify`` is set, as ``tensorflow_model_server --ssl_config_file``.
+unchanged, so any TF Serving client (ours included) talks to it. ``HandleReloadConfigRequest``
+replaces the served models; ``Classify``, ``Regress`` and ``MultiInference`` answer UNIMPLEMENTED. With
+an SSL config the port speaks TLS, and mutual TLS when ``client_verify`` is set, as
+``tensorflow_model_server --ssl_config_file``.
 """
 
 from __future__ import annotations
 
 import logging
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
+from tfduch.errors import ConfigError
 from tfduch.serving.configs import SslOptions
 from tfduch.serving.core import ModelSpec, ServingCore, model_metadata, model_status
 from tfduch.serving.errors import ServingError, StatusCode
+from tfduch.serving.models import sources_from_config
 from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
 
 __all__ = ["GRPC_OPTIONS", "PredictionServicer", "ModelServicer", "start_grpc_server", "tensor_to_array"]
@@ -78,7 +87,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """``tensorflow.serving.ModelService``: GetModelStatus (config reloads go through the config file)."""
+    """``tensorflow.serving.ModelService``: GetModelStatus and HandleReloadConfigRequest.
+
+    A reload replaces the served models with the request's ``model_config_list`` (as TF Serving; relative
+    base paths resolve against the working directory). A ``--model_config_file`` that is re-read later wins.
+    """
 
     def __init__(self, core: ServingCore) -> None:
         self.core = core
@@ -89,6 +102,20 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         except ServingError as exc:
             _abort(context, exc)
             return None
+
+    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        try:
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise ConfigError("ReloadConfigRequest needs config.model_config_list")
+            sources = sources_from_config(request.config, "ReloadConfigRequest", Path.cwd())
+        except ConfigError as exc:
+            _abort(context, ServingError(StatusCode.INVALID_ARGUMENT, str(exc)))
+            return None
+        log.info("ReloadConfigRequest: serving %s", ", ".join(s.name for s in sources))
+        self.core.manager.update_sources(sources)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = 0  # OK
+        return response
 
 
 def server_credentials(ssl: SslOptions) -> grpc.ServerCredentials:

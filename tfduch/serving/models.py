@@ -42,6 +42,7 @@ __all__ = [
     "list_versions",
     "read_extra_metadata",
     "read_model_config_file",
+    "sources_from_config",
 ]
 
 log = logging.getLogger("tfduch.serving")
@@ -121,6 +122,12 @@ def read_model_config_file(path: str | Path) -> list[ModelSource]:
         text_format.Parse(Path(path).read_text(encoding="utf-8"), config)
     except (OSError, text_format.ParseError) as exc:
         raise ConfigError(f"cannot read model config file {path}: {exc}") from exc
+    return sources_from_config(config, str(path), Path(path).resolve().parent)
+
+
+def sources_from_config(config: Any, path: str, base_dir: Path) -> list[ModelSource]:
+    """The models of a ``ModelServerConfig`` message (from a file, or a gRPC ReloadConfig request);
+    relative base paths are resolved against ``base_dir``, errors name ``path``."""
     sources = []
     for entry in config.model_config_list.config:
         platform = entry.model_platform or "tensorflow"
@@ -136,7 +143,7 @@ def read_model_config_file(path: str | Path) -> list[ModelSource]:
             policy = VersionPolicy("latest", max(1, n))
         base = Path(entry.base_path)
         if not base.is_absolute():
-            base = Path(path).resolve().parent / base
+            base = base_dir / base
         sources.append(ModelSource(entry.name, base, policy, dict(entry.version_labels)))
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
