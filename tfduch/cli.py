@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "tfduch.web.cli",
     "tfduch.export.cli",
     "tfduch.archive.cli",
+    "tfduch.data.cli",
 ]
 
 EPILOG = f"""\
@@ -128,6 +129,20 @@ def _print_table(rows: list[dict], k: int) -> None:
     print(markdown_table(rows, columns, floatfmt=".4f"))
 
 
+def _print_recall_table(reports: list[tuple[str, object]]) -> None:
+    """Datasets without classes (relevance = the item's own caption / image): recall@K, not mAP."""
+    from tfduch.eval import markdown_table
+
+    ks = [k for k in (1, 5, 10) if k in reports[0][1].ks]  # type: ignore[attr-defined]
+    columns = ["method"] + [f"{d} R@{k}" for d in ("i2t", "t2i") for k in ks]
+    rows = []
+    for name, rep in reports:
+        rec = rep.recall_at_k()  # type: ignore[attr-defined]
+        rows.append({"method": name, **{f"{d} R@{k}": rec[f"{d}/recall@{k}"] for d in ("i2t", "t2i") for k in ks}})
+    print("no classes in this dataset: relevant = the item's own caption/image, so recall@K (docs/datasets.md)")
+    print(markdown_table(rows, columns, floatfmt=".4f"))
+
+
 def _row(name: str, summary: dict[str, float], k: int) -> dict:
     row: dict = {"method": name}
     for d in ("i2t", "t2i", "i2i", "t2t"):
@@ -165,6 +180,7 @@ def cmd_train(args: argparse.Namespace, baselines: bool = False) -> int:
     _, report, summary = train_and_evaluate(cfg, prep)
     print(f"\ntrained in {summary['train_seconds']:.1f} s; reports in {cfg.output_dir}/metrics.md\n")
     rows = [_row(f"{cfg.model.method.upper()}-{cfg.model.bits}", report.summary(), cfg.eval.k)]
+    reports = [(rows[0]["method"], report)]
     if baselines:
         from tfduch.baselines import CCAITQ, RidgePCAITQ
         from tfduch.eval import evaluate_retrieval
@@ -177,7 +193,11 @@ def cmd_train(args: argparse.Namespace, baselines: bool = False) -> int:
             rep = evaluate_retrieval(base.encode_image(q_img), base.encode_text(q_txt), base.encode_image(d_img),
                                      base.encode_text(d_txt), q_lab, d_lab, k=cfg.eval.k, ks=cfg.eval.ks)
             rows.append(_row(f"{name}-{cfg.model.bits}", rep.summary(), cfg.eval.k))
-    _print_table(rows, cfg.eval.k)
+            reports.append((rows[-1]["method"], rep))
+    if prep.dataset.relevance == "instance":
+        _print_recall_table(reports)
+    else:
+        _print_table(rows, cfg.eval.k)
     return 0
 
 
@@ -194,7 +214,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_codes(encode_retrieval_sets(model, prep), cfg)
     title = f"{cfg.model.method.upper()} {cfg.model.bits} bits on {prep.dataset.name}"
     write_report(report, args.run, title=title, plots=cfg.eval.plots)
-    _print_table([_row(f"{cfg.model.method.upper()}-{cfg.model.bits}", report.summary(), cfg.eval.k)], cfg.eval.k)
+    name = f"{cfg.model.method.upper()}-{cfg.model.bits}"
+    if prep.dataset.relevance == "instance":
+        _print_recall_table([(name, report)])
+    else:
+        _print_table([_row(name, report.summary(), cfg.eval.k)], cfg.eval.k)
     return 0
 
 

@@ -97,6 +97,10 @@ def caption_noise(cfg: Config, prepared: Prepared) -> CaptionNoise | None:
 def retrieval_features(prepared: Prepared, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image features, protocol-caption features, labels) of the query or database images."""
     idx = {"query": prepared.split.query, "database": prepared.split.database}[part]
+    if part == "database" and prepared.dataset.relevance == "instance":
+        # No classes: a query's only relevant item is its own image / caption, so the query items join the
+        # database (docs/datasets.md); the report is read as recall@K.
+        idx = np.concatenate([prepared.split.query, prepared.split.database])
     fs = prepared.features
     text = fs.captions[idx, prepared.split.caption_choice[idx]]
     return fs.image[idx], text, prepared.dataset.labels[idx]
