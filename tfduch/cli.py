@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfduch",
         description="Unsupervised deep cross-modal hashing (DUCH) for remote-sensing image-text retrieval.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow/absl/CUDA start-up logs and Keras warnings (hidden by default; "
+                        "accepted anywhere on the command line, or set TFDUCH_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="whole protocol: features → train → evaluate → mAP table",
@@ -223,8 +226,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return run_command(build_parser().parse_args(argv))
+    from tfduch.logs import quiet_native_logs, silence_python_warnings
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --verbose is accepted anywhere on the line (tfduch run --data X --verbose), so it is taken out before parsing.
+    verbose = "--verbose" in args or os.environ.get("TFDUCH_VERBOSE", "") not in ("", "0")
+    args = [a for a in args if a != "--verbose"]
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        silence_python_warnings()
+    with quiet_native_logs(enabled=not verbose):
+        return run_command(build_parser().parse_args(args))
 
 
 if __name__ == "__main__":
