@@ -41,14 +41,17 @@ encoder weights are cached under $TFDUCH_CACHE (default ~/.cache/tfduch).
 """
 
 
-def _common(p: argparse.ArgumentParser, with_output: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, with_output: bool = True, training: bool = True) -> None:
     p.add_argument("--config", type=Path, help="YAML config (default: built-in DUCH defaults, see configs/)")
-    p.add_argument("--data", help=f"dataset folder (default: data.root or ${DATA_ENV})")
+    p.add_argument("--data", help=f"dataset folder, or a registered dataset name (ucm, sydney, rsicd, rsitmd, nwpu: "
+                   f"fetched into $TFDUCH_DATA_HOME when absent; see `tfduch datasets list`) (default: data.root "
+                   f"or ${DATA_ENV})")
     if with_output:
         p.add_argument("--output", help="run folder for split, checkpoints, logs and reports (default: runs/duch)")
-    p.add_argument("--bits", type=int, help="code length K (16, 32, 64, 128, ...)")
-    p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--seed", type=int, help="training seed")
+    if training:
+        p.add_argument("--bits", type=int, help="code length K in bits, a multiple of 8 (e.g. 16, 32, 64, 128)")
+        p.add_argument("--epochs", type=int, help="training epochs")
+        p.add_argument("--seed", type=int, help="training seed")
     p.add_argument("--split-seed", type=int, help="protocol split seed (default 42)")
     p.add_argument("--split-method", choices=SPLIT_METHODS,
                    help="how the split draws its images: reference = the DUCH reference code's draw (Python "
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="encode and cache image/caption features",
                        description="Encode every image (clean + augmented views) and every caption with the "
                        "frozen encoders and store them in the feature cache. Later runs reuse them.")
-    _common(p)
+    _common(p, training=False)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("train", help="train a hashing model on cached features (resumes if interrupted)",
@@ -103,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Re-encode the query/database items with a trained run's model and write "
                        "metrics.json, metrics.md and plots into the run folder.")
     p.add_argument("--run", required=True, type=Path, help="run folder written by train/run")
-    p.add_argument("--data", help="dataset folder (default: the one recorded in the run's config)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--data", help="dataset folder or registered name (default: the one recorded in the run's config)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)

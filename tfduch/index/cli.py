@@ -341,7 +341,9 @@ def register(subparsers: Any) -> None:
     r.add_argument("--compact", action="store_true", help="rebuild the search structure without the removed items")
     r.set_defaults(func=cmd_remove)
 
-    i = sub.add_parser("info", help="print metadata, counts and backend of an index (verifies its checksums)")
+    i = sub.add_parser("info", help="print metadata, counts and backend of an index (verifies its checksums)",
+                       description="Print an index's model, code length, item counts, backend, skipped files and "
+                       "build times, after verifying the checksums of every section.")
     i.add_argument("--index", required=True, type=Path, help="index file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)
