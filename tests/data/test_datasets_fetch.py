@@ -341,3 +341,22 @@ def test_unsafe_archive_entries_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="outside the extraction folder"):
         extract_archive(bad, tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_cli_fetch_list_info_and_error(server, home: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from tfduch.cli import main
+
+    serve(server, monkeypatch, "rsitmd")
+    assert main(["datasets", "fetch", "rsitmd", "--quiet"]) == 0
+    assert f"ready at {home / 'rsitmd'}" in capsys.readouterr().out
+    assert main(["datasets", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "rsitmd" in listing and "[installed]" in listing and "check: sha256" in listing
+    assert main(["datasets", "info", "rsitmd"]) == 0
+    assert "3 images, 15 captions" in capsys.readouterr().out
+    serve(server, monkeypatch, "sydney")
+    server.modes["/sydney/Sydney_captions.zip"] = "error"
+    assert main(["datasets", "fetch", "sydney", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tfduch: error: download failed:") and "Manual step" in err
