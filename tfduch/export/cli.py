@@ -78,9 +78,9 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _check_paths(args)
     from tfduch.export.savedmodel import export_model
 
-    _check_paths(args)
     tflite = None
     if args.tflite:
         from tfduch.export.tflite import TFLiteOptions
