@@ -237,6 +237,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v}" for k, v in backend.items() if k not in ("name", "bits"))
         print(f"{name:<10} {coll['count']} items ({coll['removed']} removed, awaiting compaction), "
               f"backend {backend['name']}{f' ({params})' if params else ''}")
+    for skipped in info.get("skipped") or []:
+        print(f"skipped    {skipped['path']}: {skipped['reason']}")
     for entry in (shard_set or {}).get("shards", []):
         ranges = "  ".join(f"{name} ids {a}..{b - 1} ({b - a})" if b > a else f"{name} -"
                            for name, (a, b) in entry["ids"].items())
