@@ -54,7 +54,8 @@ def test_a_bad_image_is_named_by_its_path(items: list[SourceItem]) -> None:
     assert "image" not in index.collections or len(index.collection("image").ids) == 0
 
 
-def test_skip_records_the_files_in_the_metadata(items: list[SourceItem], tmp_path: Path) -> None:
+def test_skip_records_the_files_in_the_metadata(items: list[SourceItem], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     index = ArchiveIndex.create(16, MODEL)
     enc = DecodingEncoder()
     ids = add_items(index, enc, items, batch_size=4, progress=False, on_error="skip")
@@ -72,3 +73,7 @@ def test_skip_records_the_files_in_the_metadata(items: list[SourceItem], tmp_pat
     assert [Path(s["path"]).name for s in reloaded.metadata["skipped"]] == ["img3.png", "img4.png"]
     payload_paths = {Path(p["path"]).name for p in reloaded.collection("image").payloads}
     assert payload_paths == {"img0.png", "img1.png", "img2.png", "img5.png"}
+    from tfduch.cli import main
+
+    assert main(["index", "info", "--index", str(tmp_path / "a.tfidx")]) == 0
+    assert f"skipped    {tmp_path / 'img3.png'}: empty (0-byte) file" in capsys.readouterr().out
