@@ -30,14 +30,16 @@ COMMAND_MODULES: list[str] = [
 EPILOG = f"""\
 examples:
   tfduch run --data ../shared/data/ucm_captions            # encode, train DUCH (64 bits), evaluate, print mAP
+  tfduch run --data ucm                                    # a registered dataset, fetched on first use
   tfduch run --data DIR --bits 16 --epochs 50 --output runs/duch16
   tfduch train --config configs/duch_reference.yaml --data DIR   # the reference code's behaviour
   tfduch evaluate --run runs/duch                          # re-evaluate a trained run
   tfduch features --data DIR                               # only encode (and cache) features
 
 The dataset folder holds a Karpathy-format captions JSON (captions.json or dataset_*.json) and an
-images/ folder; it can also be given with the {DATA_ENV} environment variable. Features and converted
-encoder weights are cached under $TFDUCH_CACHE (default ~/.cache/tfduch).
+images/ folder (`tfduch datasets import` builds one from your own CSV/JSONL/folders), or a registered
+dataset name (`tfduch datasets list`); it can also be given with the {DATA_ENV} environment variable.
+Features and converted encoder weights are cached under $TFDUCH_CACHE (default ~/.cache/tfduch).
 """
 
 
