@@ -166,7 +166,7 @@ def extract_archive(archive: Path, out: Path) -> None:
 def _extract_rar(archive: Path, out: Path) -> None:
     try:
         import libarchive
-    except ImportError as exc:  # the Python package, or the system libarchive it binds, is missing
+    except (ImportError, OSError) as exc:  # the Python package, or the system libarchive it binds, is missing
         raise DataError(f"{archive}: RAR archives need libarchive-c: pip install 'tfduch[datasets]' "
                         f"(and the libarchive library, e.g. apt-get install libarchive13) ({exc})") from exc
     try:
