@@ -57,6 +57,9 @@ def _source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--split-file", type=Path,
                    help="protocol split JSON (default with --run: the run's split-seed*.json)")
     p.add_argument("--batch-size", type=int, default=32, help="images encoded per batch (default 32)")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="an unreadable / undecodable / 0-byte image: fail (default, naming the file) or skip it, "
+                   "record it in the index metadata ('skipped') and print it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -145,8 +148,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     encoder = query_encoder(args)
     index = ArchiveIndex.create(encoder.metadata["bits"], encoder.metadata, args.backend,
                                 **_backend_params(args.param))
-    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet)
+    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet,
+                    on_error=args.on_error)
     index.save(args.out)
+    _print_skipped(index, before=0)
     counts = ", ".join(f"{len(v)} {k} items" for k, v in ids.items())
     print(f"indexed {counts} ({index.bits}-bit codes, backend {args.backend}, model {index.model_id}) → {args.out}")
     return 0
@@ -168,6 +173,14 @@ def _build_from_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_skipped(index: Any, before: int) -> None:
+    skipped = (index.metadata.get("skipped") or [])[before:]
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images (recorded in the index metadata under 'skipped'):")
+        for s in skipped:
+            print(f"  {s['path']}: {s['reason']}")
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     from tfduch.index.build import add_items, collect_items
 
@@ -175,8 +188,11 @@ def cmd_add(args: argparse.Namespace) -> int:
     encoder = query_encoder(args, index.metadata.get("model"))
     index.check_compatible(encoder.metadata)
     items = collect_items(args.images, args.captions, args.split, _split_file(args))
-    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet)
+    before = len(index.metadata.get("skipped") or [])
+    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet,
+                    on_error=args.on_error)
     index.save(args.index)
+    _print_skipped(index, before)
     for name, new in ids.items():
         if len(new):
             print(f"added {len(new)} {name} items (ids {new[0]}..{new[-1]}) → {args.index}")
@@ -221,6 +237,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v}" for k, v in backend.items() if k not in ("name", "bits"))
         print(f"{name:<10} {coll['count']} items ({coll['removed']} removed, awaiting compaction), "
               f"backend {backend['name']}{f' ({params})' if params else ''}")
+    for skipped in info.get("skipped") or []:
+        print(f"skipped    {skipped['path']}: {skipped['reason']}")
     for entry in (shard_set or {}).get("shards", []):
         ranges = "  ".join(f"{name} ids {a}..{b - 1} ({b - a})" if b > a else f"{name} -"
                            for name, (a, b) in entry["ids"].items())
@@ -325,7 +343,9 @@ def register(subparsers: Any) -> None:
     r.add_argument("--compact", action="store_true", help="rebuild the search structure without the removed items")
     r.set_defaults(func=cmd_remove)
 
-    i = sub.add_parser("info", help="print metadata, counts and backend of an index (verifies its checksums)")
+    i = sub.add_parser("info", help="print metadata, counts and backend of an index (verifies its checksums)",
+                       description="Print an index's model, code length, item counts, backend, skipped files and "
+                       "build times, after verifying the checksums of every section.")
     i.add_argument("--index", required=True, type=Path, help="index file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)

@@ -198,6 +198,8 @@ def run_server(options: Any, stop: threading.Event, ready_file: Path | None = No
         print("tfduch serve: shutting down", flush=True)
     finally:
         server.stop()
+        if ready_file is not None:  # a ready file left behind would announce a server that is gone
+            ready_file.unlink(missing_ok=True)
     return 0
 
 
