@@ -215,6 +215,6 @@ def cmd_archive_demo(args: argparse.Namespace) -> int:
     print(f"search {args.query!r} within {bbox}:")
     parser = argparse.ArgumentParser(prog="tfduch")
     index_cli.register(parser.add_subparsers())
-    search = parser.parse_args(["search", args.query, "--index", str(out / "archive.tfidx"), "--bbox", bbox, "-k",
+    search = parser.parse_args(["search", args.query, "--index", str(out / "archive.tfidx"), f"--bbox={bbox}", "-k",
                                 "5", *(["--run", args.run] if args.run else ["--export", args.export])])
     return int(search.func(search))
