@@ -85,8 +85,8 @@ class GeoFilter:
         if self.footprints.shape != (n, 5, 2):
             raise DataError(f"footprints must be [N, 5, 2] lon/lat rings, got {self.footprints.shape} for {n} ids")
         self.times = np.full(n, np.nan) if times is None else np.asarray(times, np.float64)
-        lo, hi = self.footprints.min(axis=1), self.footprints.max(axis=1)
-        self.tree = shapely.STRtree(shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]))
+        self.lo, self.hi = self.footprints.min(axis=1), self.footprints.max(axis=1)
+        self.tree = shapely.STRtree(shapely.box(self.lo[:, 0], self.lo[:, 1], self.hi[:, 0], self.hi[:, 1]))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -108,8 +108,16 @@ class GeoFilter:
         if bbox is not None:
             query = shapely.box(*bbox)
             rows = np.sort(self.tree.query(query))
-            if len(rows):
-                rows = rows[shapely.intersects(shapely.polygons(self.footprints[rows]), query)]
+            # a footprint whose bounding box lies inside the query box intersects it: only the ones on the
+            # box's border need the exact polygon test (against the prepared query box)
+            inside = (self.lo[rows, 0] >= bbox[0]) & (self.lo[rows, 1] >= bbox[1]) & \
+                     (self.hi[rows, 0] <= bbox[2]) & (self.hi[rows, 1] <= bbox[3])
+            border = rows[~inside]
+            if len(border):
+                shapely.prepare(query)
+                keep = inside.copy()
+                keep[~inside] = shapely.intersects(query, shapely.polygons(self.footprints[border]))
+                rows = rows[keep]
         else:
             rows = np.arange(len(self.ids))
         if time is not None:

@@ -284,33 +284,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _filtered(index: Any, args: argparse.Namespace, codes: np.ndarray) -> list[list[Any]]:
-    """Exact search restricted to image tiles whose footprint meets --bbox and whose time is within --time.
+    """Exact search among image tiles whose footprint meets --bbox and whose time is within --time."""
+    from tfduch.geo.spatial import parse_bbox, parse_time
+    from tfduch.index.area import area_search
 
-    The filter (an STRtree over tile footprints, :mod:`tfduch.geo.spatial`) is cached beside the index
-    file; the survivors are ranked by brute-force Hamming distance, ties by id, like the exact backends.
-    """
-    from tfduch.geo import require
-    from tfduch.geo.spatial import GeoFilter, hamming_rank, parse_bbox, parse_time
-    from tfduch.index.core import as_packed, hits_from
-    from tfduch.index.sharded import is_shard_set
-
-    require()
     if args.target != "image":
         raise TfduchError("--bbox / --time select image tiles: use them with --target image")
-    if is_shard_set(args.index):
-        raise TfduchError(f"{args.index} is a shard set: --bbox / --time need a single index file for now")
-    bbox = parse_bbox(args.bbox) if args.bbox is not None else None
-    when = parse_time(args.time) if args.time is not None else None
-    coll = index.collection("image")
-    live = coll.ids if coll.removed is None else coll.ids[~coll.removed]
-    flt = GeoFilter.cached(args.index, str(index.metadata.get("checksum", "")) + f":{len(live)}",
-                           lambda: (live, coll.payloads_of(live)))
-    ids = flt.select(bbox, when)
-    if len(ids) == 0:
-        return [[] for _ in range(len(codes))]
-    top, dist = hamming_rank(coll.codes[coll.positions(ids)], ids, as_packed(codes, index.bits, "query codes"),
-                             args.k)
-    return hits_from(top, dist, coll.payloads_of)
+    return area_search(index, args.index, codes, args.k, parse_bbox(args.bbox) if args.bbox is not None else None,
+                       parse_time(args.time) if args.time is not None else None)
 
 
 # ---------------------------------------------------------------------------------------- registration
