@@ -157,3 +157,25 @@ def test_large_window_read_is_bounded(tmp_path: Path) -> None:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert (rgb == 200).all() and peak < 8 * 2 ** 20   # the scene is 48 MiB
+
+
+def test_archive_tile_cli_and_recipe_reuse(scenes: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tfduch.cli import main
+
+    args = ["archive", "tile", "--scenes", scenes["scenes"]["ms"], "--bands", "B04,B03,B02", "--scale",
+            "percentile:2,98", "--gamma", "1.3", "--json"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert json.loads(capsys.readouterr().out)["tiles_written"] == 6
+    geo = json.loads((tmp_path / "a" / "geo.json").read_text())
+    assert set(geo["recipe"]["stats"]) == {"ms_uint16"} and geo["recipe"]["gamma"] == 1.3
+    # a later addition reuses the stored recipe (with its per-scene stretch): the same pixels
+    assert main(["archive", "tile", "--scenes", scenes["scenes"]["ms"], "--recipe", str(tmp_path / "a" / "geo.json"),
+                 "--out", str(tmp_path / "b"), "--json"]) == 0
+    capsys.readouterr()
+    a = sorted((tmp_path / "a" / "tiles").rglob("*.png"))
+    b = sorted((tmp_path / "b" / "tiles").rglob("*.png"))
+    assert [p.name for p in a] == [p.name for p in b]
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b, strict=True))
+    assert main(["archive", "tile", "--scenes", scenes["scenes"]["ms"], "--bands", "B09,B03,B02", "--out",
+                 str(tmp_path / "c")]) == 2
+    assert "no band named 'B09'" in capsys.readouterr().err
