@@ -352,12 +352,21 @@ def _num(v: float) -> float | int:
 
 # ------------------------------------------------------------------------------------------ reading
 _HANDLES: OrderedDict[str, Any] = OrderedDict()
+GDAL_CACHE_MB = 128  # GDAL's block cache otherwise grows to 5 % of the machine's RAM per process
 
 
 def _open(href: str) -> Any:
-    """A per-process cache of open datasets: opening a COG costs more than reading one tile of it."""
+    """A per-process cache of open datasets: opening a COG costs more than reading one tile of it.
+
+    Tiles are read once each, so GDAL's block cache buys little; it is capped at ``GDAL_CACHE_MB`` (or the
+    ``GDAL_CACHEMAX`` environment variable when set) so a worker's memory stays bounded on any scene size.
+    """
     import rasterio
 
+    if not _HANDLES and "GDAL_CACHEMAX" not in os.environ:
+        from rasterio.env import set_gdal_config
+
+        set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB * 2 ** 20)
     if href in _HANDLES:
         _HANDLES.move_to_end(href)
         return _HANDLES[href]
