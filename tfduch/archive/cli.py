@@ -204,7 +204,7 @@ def cmd_archive_demo(args: argparse.Namespace) -> int:
 
     spec = archive_beam.EncoderSpec(run=args.run, export=args.export)
     allp = plan(sources + [info["stac"]], TileSpec(256), BandRecipe())
-    archive_beam.encode_archive(sources, str(out / "shards"), spec, tiles=allp,
+    archive_beam.encode_archive(sources, str(out / "shards"), spec, tiles=allp, shard_size=16,
                                 options=archive_beam.pipeline_options(num_workers=2), progress_interval=30)
     if (out / "archive.tfidx").exists():
         (out / "archive.tfidx").unlink()

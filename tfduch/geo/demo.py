@@ -32,14 +32,21 @@ ORIGIN = (500_000.0, 4_000_000.0)
 
 def load_tiles(n: int, data_root: str | Path | None = None, seed: int = 0, size: int = 256
                ) -> tuple[list[str], np.ndarray]:
-    """``n`` RGB images ``uint8 [n, size, size, 3]``: UC Merced's (exactly size x size ones) when present."""
+    """``n`` RGB images ``uint8 [n, size, size, 3]``: UC Merced's (exactly size x size ones) when present.
+
+    The images are taken evenly across the numbered files (UC Merced numbers them class by class), so a
+    mosaic shows many classes rather than 16 agricultural fields.
+    """
     names: list[str] = []
     tiles: list[np.ndarray] = []
     root = Path(data_root) if data_root else None
     if root is not None and (root / "images").is_dir():
         from PIL import Image
 
-        for path in sorted((root / "images").glob("*.webp"), key=lambda p: (len(p.stem), p.stem)):
+        files = sorted((root / "images").glob("*.webp"), key=lambda p: (len(p.stem), p.stem))
+        step = max(1, len(files) // max(n, 1))
+        order = [files[(i * step + j) % len(files)] for j in range(step) for i in range(-(-len(files) // step))]
+        for path in dict.fromkeys(order):
             with Image.open(path) as img:
                 if img.size != (size, size):
                     continue
