@@ -10,7 +10,7 @@ database images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class SourceItem:
     path: Path | str  # str: a location that is not a local file path (e.g. gs://...), kept as given
     classname: str | None = None
     captions: tuple[str, ...] = ()
+    extra: dict[str, Any] | None = field(default=None, hash=False, compare=False)  # e.g. geo tile fields
 
 
 def _scan_folder(folder: Path) -> list[SourceItem]:
@@ -169,4 +170,6 @@ def _image_payload(item: SourceItem) -> dict[str, Any]:
     payload: dict[str, Any] = {"path": str(item.path), "class": item.classname}
     if item.captions:
         payload["caption"] = item.captions[0]
+    if item.extra:
+        payload.update({k: v for k, v in item.extra.items() if k not in payload})
     return payload

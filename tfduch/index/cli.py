@@ -271,23 +271,45 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = open_index(args.index)
     target = args.target
     index.collection(target).check_k(args.k)
+    area = args.bbox is not None or args.time is not None
     if args.code:
         labels = [f"code {h}" for h in args.code]
-        results = Searcher(index).by_code(_parse_codes(args.code, index.bits), args.k, target)
+        codes = _parse_codes(args.code, index.bits)
+        results = _filtered(index, args, codes) if area else Searcher(index).by_code(codes, args.k, target)
     else:
         searcher = Searcher(index, query_encoder(args, index.metadata.get("model")))
         if texts:
-            labels, results = texts, searcher.by_text(texts, args.k, target)
+            labels = texts
+            results = _filtered(index, args, searcher.encoder.encode_texts(texts)) if area and \
+                all(t.strip() for t in texts) else searcher.by_text(texts, args.k, target)
         else:
             labels = [f"image {p}" for p in args.image]
-            results = searcher.by_image([Path(p) for p in args.image], args.k, target)
-    if args.json:
+            results = _filtered(index, args, searcher.encoder.encode_images([Path(p) for p in args.image])) \
+                if area else searcher.by_image([Path(p) for p in args.image], args.k, target)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
         _print_json([{"query": q, "target": target, "results": [h.to_dict() for h in hits]}
                      for q, hits in zip(labels, results, strict=True)])
+    elif fmt in ("geojson", "stac"):
+        from tfduch.geo.formats import to_geojson, to_stac
+
+        rows = [[h.to_dict() for h in hits] for hits in results]
+        _print_json((to_geojson if fmt == "geojson" else to_stac)(rows, labels))
     else:
         for q, hits in zip(labels, results, strict=True):
-            print_hits(hits, f"\n{q!r} → top {args.k} {target} items")
+            print_hits(hits, f"\n{q!r} → top {args.k} {target} items" + (" in the area/time" if area else ""))
     return 0
+
+
+def _filtered(index: Any, args: argparse.Namespace, codes: np.ndarray) -> list[list[Any]]:
+    """Exact search among image tiles whose footprint meets --bbox and whose time is within --time."""
+    from tfduch.geo.spatial import parse_bbox, parse_time
+    from tfduch.index.area import area_search
+
+    if args.target != "image":
+        raise TfduchError("--bbox / --time select image tiles: use them with --target image")
+    return area_search(index, args.index, codes, args.k, parse_bbox(args.bbox) if args.bbox is not None else None,
+                       parse_time(args.time) if args.time is not None else None)
 
 
 # ---------------------------------------------------------------------------------------- registration
@@ -363,6 +385,13 @@ def register(subparsers: Any) -> None:
     s.add_argument("--queries", type=Path, help="text file with one caption query per line")
     s.add_argument("--target", default="image", choices=("image", "text"),
                    help="collection to search: image (default) or text (captions)")
-    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables (= --format json)")
+    s.add_argument("--format", default="table", choices=("table", "json", "geojson", "stac"),
+                   help="output: table (default), json, geojson (a FeatureCollection of tile footprints with rank, "
+                   "distance, scene, window, thumbnail; opens in QGIS) or stac (an ItemCollection of STAC Items)")
+    s.add_argument("--bbox", metavar="MINLON,MINLAT,MAXLON,MAXLAT",
+                   help="only tiles whose footprint intersects this WGS84 box (geo archives, docs/geo.md)")
+    s.add_argument("--time", metavar="FROM/TO",
+                   help="only tiles acquired within FROM/TO (ISO 8601 dates or times; '..' = open end)")
     _model_args(s)
     s.set_defaults(func=cmd_search)
