@@ -3,6 +3,7 @@
     python bench/serving_load.py --quick                         # a few hundred requests, for development
     python bench/serving_load.py                                 # full: >= 10 000 requests
     python bench/serving_load.py --export /tmp/exports/tfduch    # a real `tfduch export` model folder
+    python bench/serving_load.py --production [--quick]          # shipped batching.config, warm-up, metrics
 
 Every served number is printed beside the same SavedModel signature called in-process in this run
 (absolute times on a shared 2-core CPU mean little; the ratios are the result). Scenarios: 1 and 16
@@ -315,7 +316,7 @@ def _bare_grpc_server(conn: Any) -> None:
     import grpc
     from tensorflow_serving.apis import predict_pb2
 
-    from tfduch.serving.server import _GRPC_OPTIONS
+    from tfduch.serving.grpc_api import GRPC_OPTIONS as _GRPC_OPTIONS
     from tfduch.serving.tensors import array_to_tensor_proto
 
     response = predict_pb2.PredictResponse()
@@ -390,8 +391,9 @@ def cpu_seconds(pid: int) -> float:
 class ServerProcess:
     """``python -m tfduch.serving.cli serve`` on a free port, stopped with SIGTERM."""
 
-    def __init__(self, folder: Path, name: str, batching: Sequence[str] | None, workdir: Path) -> None:
-        tag = "batching" if batching is not None else "plain"
+    def __init__(self, folder: Path, name: str, batching: Sequence[str] | None, workdir: Path,
+                 tag: str = "", extra: Sequence[str] = ()) -> None:
+        tag = tag or ("batching" if batching is not None else "plain")
         self.ready = workdir / f"ready-{tag}.json"
         self.log = open(workdir / f"server-{tag}.log", "w")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "tfduch.serving.cli", "serve", "--model_name", name, "--model_base_path",
@@ -399,6 +401,7 @@ class ServerProcess:
                "--ready_file", str(self.ready), "--file_system_poll_wait_seconds", "0", "--log_level", "INFO"]
         if batching is not None:
             cmd += ["--enable_batching", *batching]
+        cmd += list(extra)
         self.command = "tfduch serve " + " ".join(cmd[4:])
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + 600
@@ -436,7 +439,18 @@ def main() -> None:
                         help="processes the 16 concurrent clients run in (16 / N threads each), so that the load "
                              "generator's GIL is not the bottleneck; 1 = all 16 in this process's threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--production", action="store_true",
+                        help="only the production-kit checks: the shipped serving/batching.config against the "
+                             "in-process ceiling, first-request latency with/without warm-up, metrics on/off")
+    parser.add_argument("--production-parts", default="batching,warmup,metrics",
+                        help="with --production: which checks to run (comma-separated)")
+    parser.add_argument("--production-extra-flags", default="",
+                        help="with --production: flags added to the shipped batching file's server, e.g. "
+                             "'--batch_timeout_from_free' (an extension TF Serving lacks)")
     args = parser.parse_args()
+    if args.production:
+        production(args)
+        return
     scale = 0.05 if args.quick else args.scale
     counts = {k: max(16, int(v * scale)) for k, v in FULL.items()}
     rounds = max(1, min(args.rounds, min(counts.values()) // 16))
@@ -605,6 +619,152 @@ def main() -> None:
                                          "load_average": [load_start[0], load_end[0]], "batching": batch_stats,
                                          "bare_grpc_overhead_ms": floor,
                                          "checks": [{"check": t, "ok": ok} for t, ok in checks]}, indent=2))
+
+
+def _first_request_ms(folder: Path, name: str, workdir: Path, tag: str, extra: Sequence[str],
+                      make: Callable[[int], tuple[str, str, np.ndarray]]) -> float:
+    """Start a server, connect (GetModelStatus), then time its first Predict."""
+    from tfduch.serving.client import Client
+
+    server = ServerProcess(folder, name, None, workdir, tag=tag, extra=extra)
+    try:
+        with Client(server.address, name, timeout=300) as client:
+            client.status()
+            signature, input_name, batch = make(0)
+            start = time.perf_counter()
+            client.predict({input_name: batch}, signature)
+            return (time.perf_counter() - start) * 1e3
+    finally:
+        server.stop()
+
+
+def production(args: argparse.Namespace) -> None:
+    """The issue-17 bars: shipped batching file vs the in-process ceiling, warm-up, metrics overhead."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401 - the text signature's tokenizer ops
+
+    scale = 0.05 if args.quick else args.scale
+    folder, name, description = model_folder(args)
+    captions, images, data_desc = load_inputs()
+    version = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    loaded = tf.saved_model.load(str(folder / str(version)))
+    make = {k: payloads(captions, images, k) for k in ("text1", "text16")}
+    workdir = Path(tempfile.mkdtemp(prefix="tfduch-serving-prod-"))
+    print(f"model: {description}\ninputs: {data_desc}\nlogs: {workdir}\nload average at start: "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)", flush=True)
+
+    def inproc(kind: str) -> Callable[[int], Any]:
+        def call(i: int) -> Any:
+            signature, input_name, batch = make[kind](i)
+            return {k: v.numpy() for k, v in loaded.signatures[signature](**{input_name: tf.constant(batch)}).items()}
+        return call
+
+    checks = []
+    parts = set(args.production_parts.split(","))
+    if "batching" in parts:
+        checks.append(_shipped_batching(args, folder, name, workdir, inproc, scale))
+    if "warmup" in parts:
+        checks.append(_warmup_check(folder, name, version, workdir, make))
+    if "metrics" in parts:
+        checks += _metrics_check(args, folder, name, workdir, make, scale)
+    print("\n## Against the targets\n")
+    for text, ok in checks:
+        print(f"- [{'x' if ok else ' '}] {text}")
+
+
+def _shipped_batching(args: argparse.Namespace, folder: Path, name: str, workdir: Path,
+                      inproc: Callable[[str], Callable[[int], Any]], scale: float) -> tuple[str, bool]:
+    # 1. the shipped batching file, 16 concurrent batch-1 clients vs back-to-back in-process batch-16 calls
+    shipped = ["--batching_parameters_file", str(REPO / "serving" / "batching.config"),
+               *args.production_extra_flags.split()]
+    server = ServerProcess(folder, name, shipped, workdir, tag="shipped-batching")
+    pool = ClientPool(server.address, name, max(1, min(16, args.client_processes)), 16 // args.client_processes)
+    try:
+        for i in range(3):
+            inproc("text16")(i)
+        pool.run("text1", 64)
+        on, ceiling = Result("served, 16 clients, text1, serving/batching.config", 1), \
+            Result("in-process, 1 thread, text16 (batching ceiling)", 16)
+        rounds = max(1, args.rounds // 2)
+        per_round = max(32, int(3000 * scale) // rounds)
+        for _ in range(rounds):
+            on.add(*pool.run("text1", per_round))
+            ceiling.add(*run_concurrent(inproc("text16"), max(2, per_round // 16), 1))
+    finally:
+        pool.close()
+        stats = server.stop()
+    ratio = on.row()["items_s"] / ceiling.row()["items_s"]
+    print(markdown_rows([on.row(), ceiling.row()]), f"\nbatching server: {stats}", flush=True)
+    return (f"shipped serving/batching.config {args.production_extra_flags}, 16 concurrent batch-1 clients: "
+            f"{ratio:.2f} of the in-process batched ceiling (target >= 0.80)", ratio >= 0.8)
+
+
+def _warmup_check(folder: Path, name: str, version: int, workdir: Path,
+                  make: dict[str, Callable[[int], tuple[str, str, np.ndarray]]]) -> tuple[str, bool]:
+    import shutil
+
+    from tfduch.serving.warmup import WARMUP_FILE, write_warmup_requests
+
+    # 2. first-request latency with and without warm-up (a copy of the model with a warm-up file)
+    warm_folder = workdir / "warm" / name
+    shutil.copytree(folder / str(version), warm_folder / str(version))
+    if not (warm_folder / str(version) / WARMUP_FILE).is_file():
+        signature, input_name, batch = make["text1"](1)
+        write_warmup_requests(warm_folder / str(version) / WARMUP_FILE, {signature: {input_name: batch}}, name)
+    cold = _first_request_ms(warm_folder, name, workdir, "cold", ["--enable_model_warmup=false"], make["text1"])
+    warm = _first_request_ms(warm_folder, name, workdir, "warm", [], make["text1"])
+    print(f"first request: {cold:.1f} ms without warm-up, {warm:.1f} ms with", flush=True)
+    return (f"first-request latency: {cold:.1f} ms without warm-up, {warm:.1f} ms with ({cold / warm:.1f}x)",
+            warm < cold)
+
+
+def _metrics_check(args: argparse.Namespace, folder: Path, name: str, workdir: Path,
+                   make: dict[str, Callable[[int], tuple[str, str, np.ndarray]]], scale: float) -> list:
+    from tfduch.serving.client import Client
+    from tfduch.serving.metrics import ServingMetrics
+
+    # 3a. what counting one request costs, in-process (robust to the machine's load)
+    metrics, n = ServingMetrics(), 20000
+    start = time.perf_counter()
+    for i in range(n):
+        metrics.observe_request("m", "1", "encode_text", "OK", 0.01 + i * 1e-7, "GRPC")
+    per_request_us = (time.perf_counter() - start) / n * 1e6
+    print(f"metrics: {per_request_us:.1f} µs per counted request (in-process, {n} requests)", flush=True)
+    checks = [(f"metrics: {per_request_us:.1f} µs of counting per request, in-process (target <= 200 µs)",
+               per_request_us <= 200)]
+
+    # 3b. metrics on/off at 1 client, alternating rounds
+    monitoring = ["--rest_api_port", "0", "--monitoring_config_file", str(REPO / "serving" / "monitoring.config")]
+    # Both with REST on (uvicorn's thread), so the only difference is counting and serving the metrics.
+    servers = {"off": ServerProcess(folder, name, None, workdir, tag="metrics-off", extra=["--rest_api_port", "0"]),
+               "on": ServerProcess(folder, name, None, workdir, tag="metrics-on", extra=monitoring)}
+    clients = {k: Client(s.address, name, timeout=120) for k, s in servers.items()}
+    results = {k: Result(f"served, 1 client, text1, metrics {k}", 1) for k in servers}
+    try:
+        for c in clients.values():
+            for i in range(20):
+                c.predict({"text": make["text1"](i)[2]}, "encode_text")
+        per_round = max(20, int(2000 * scale) // args.rounds)
+        for r in range(args.rounds):  # alternating, and swapping who goes first, so load drifts hit both
+            for key, c in (list(clients.items()) if r % 2 == 0 else list(clients.items())[::-1]):
+                results[key].add(*run_concurrent(
+                    lambda i, c=c: c.predict({"text": make["text1"](i)[2]}, "encode_text"), per_round, 1))
+    finally:
+        for c in clients.values():
+            c.close()
+        for s in servers.values():
+            s.stop()
+    rows = {k: r.row() for k, r in results.items()}
+    print(markdown_rows(list(rows.values())), flush=True)
+    diff = rows["on"]["p50_ms"] - rows["off"]["p50_ms"]
+    checks.append((f"metrics on vs off at 1 client, served: p50 {diff:+.3f} ms (target <= 0.2 ms)", diff <= 0.2))
+    return checks
+
+
+def markdown_rows(rows: list[dict[str, Any]]) -> str:
+    from tfduch.eval import markdown_table
+
+    return markdown_table(rows, COLUMNS, floatfmt=".2f")
 
 
 if __name__ == "__main__":

@@ -24,30 +24,36 @@ COMMAND_MODULES: list[str] = [
     "tfduch.web.cli",
     "tfduch.export.cli",
     "tfduch.archive.cli",
+    "tfduch.data.cli",
 ]
 
 EPILOG = f"""\
 examples:
   tfduch run --data ../shared/data/ucm_captions            # encode, train DUCH (64 bits), evaluate, print mAP
+  tfduch run --data ucm                                    # a registered dataset, fetched on first use
   tfduch run --data DIR --bits 16 --epochs 50 --output runs/duch16
   tfduch train --config configs/duch_reference.yaml --data DIR   # the reference code's behaviour
   tfduch evaluate --run runs/duch                          # re-evaluate a trained run
   tfduch features --data DIR                               # only encode (and cache) features
 
 The dataset folder holds a Karpathy-format captions JSON (captions.json or dataset_*.json) and an
-images/ folder; it can also be given with the {DATA_ENV} environment variable. Features and converted
-encoder weights are cached under $TFDUCH_CACHE (default ~/.cache/tfduch).
+images/ folder (`tfduch datasets import` builds one from your own CSV/JSONL/folders), or a registered
+dataset name (`tfduch datasets list`); it can also be given with the {DATA_ENV} environment variable.
+Features and converted encoder weights are cached under $TFDUCH_CACHE (default ~/.cache/tfduch).
 """
 
 
-def _common(p: argparse.ArgumentParser, with_output: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, with_output: bool = True, training: bool = True) -> None:
     p.add_argument("--config", type=Path, help="YAML config (default: built-in DUCH defaults, see configs/)")
-    p.add_argument("--data", help=f"dataset folder (default: data.root or ${DATA_ENV})")
+    p.add_argument("--data", help=f"dataset folder, or a registered dataset name (ucm, sydney, rsicd, rsitmd, nwpu: "
+                   f"fetched into $TFDUCH_DATA_HOME when absent; see `tfduch datasets list`) (default: data.root "
+                   f"or ${DATA_ENV})")
     if with_output:
         p.add_argument("--output", help="run folder for split, checkpoints, logs and reports (default: runs/duch)")
-    p.add_argument("--bits", type=int, help="code length K (16, 32, 64, 128, ...)")
-    p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--seed", type=int, help="training seed")
+    if training:
+        p.add_argument("--bits", type=int, help="code length K in bits, a multiple of 8 (e.g. 16, 32, 64, 128)")
+        p.add_argument("--epochs", type=int, help="training epochs")
+        p.add_argument("--seed", type=int, help="training seed")
     p.add_argument("--split-seed", type=int, help="protocol split seed (default 42)")
     p.add_argument("--split-method", choices=SPLIT_METHODS,
                    help="how the split draws its images: reference = the DUCH reference code's draw (Python "
@@ -69,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfduch",
         description="Unsupervised deep cross-modal hashing (DUCH) for remote-sensing image-text retrieval.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow/absl/CUDA start-up logs and Keras warnings (hidden by default; "
+                        "accepted anywhere on the command line, or set TFDUCH_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="whole protocol: features → train → evaluate → mAP table",
@@ -83,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="encode and cache image/caption features",
                        description="Encode every image (clean + augmented views) and every caption with the "
                        "frozen encoders and store them in the feature cache. Later runs reuse them.")
-    _common(p)
+    _common(p, training=False)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("train", help="train a hashing model on cached features (resumes if interrupted)",
@@ -99,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Re-encode the query/database items with a trained run's model and write "
                        "metrics.json, metrics.md and plots into the run folder.")
     p.add_argument("--run", required=True, type=Path, help="run folder written by train/run")
-    p.add_argument("--data", help="dataset folder (default: the one recorded in the run's config)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--data", help="dataset folder or registered name (default: the one recorded in the run's config)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
@@ -125,6 +134,20 @@ def _print_table(rows: list[dict], k: int) -> None:
 
     columns = ["method"] + [f"{d} mAP@{k}" for d in ("i2t", "t2i", "i2i", "t2t")] + \
               [f"{d} AP@{k} std" for d in ("i2t", "t2i")]
+    print(markdown_table(rows, columns, floatfmt=".4f"))
+
+
+def _print_recall_table(reports: list[tuple[str, object]]) -> None:
+    """Datasets without classes (relevance = the item's own caption / image): recall@K, not mAP."""
+    from tfduch.eval import markdown_table
+
+    ks = [k for k in (1, 5, 10) if k in reports[0][1].ks]  # type: ignore[attr-defined]
+    columns = ["method"] + [f"{d} R@{k}" for d in ("i2t", "t2i") for k in ks]
+    rows = []
+    for name, rep in reports:
+        rec = rep.recall_at_k()  # type: ignore[attr-defined]
+        rows.append({"method": name, **{f"{d} R@{k}": rec[f"{d}/recall@{k}"] for d in ("i2t", "t2i") for k in ks}})
+    print("no classes in this dataset: relevant = the item's own caption/image, so recall@K (docs/datasets.md)")
     print(markdown_table(rows, columns, floatfmt=".4f"))
 
 
@@ -165,14 +188,23 @@ def cmd_train(args: argparse.Namespace, baselines: bool = False) -> int:
     _, report, summary = train_and_evaluate(cfg, prep)
     print(f"\ntrained in {summary['train_seconds']:.1f} s; reports in {cfg.output_dir}/metrics.md\n")
     rows = [_row(f"{cfg.model.method.upper()}-{cfg.model.bits}", report.summary(), cfg.eval.k)]
+    reports = [(rows[0]["method"], report)]
     if baselines:
         from tfduch.methods import CLASSICAL
 
         for method in CLASSICAL.values():
-            hasher, _ = fit_classical(method.name, prep, cfg.model.bits)
+            try:
+                hasher, _ = fit_classical(method.name, prep, cfg.model.bits)
+            except ValueError as exc:  # e.g. a small own dataset spans fewer directions than bits
+                print(f"baseline {method.display} skipped: {exc}", file=sys.stderr)
+                continue
             rep = evaluate_encoders(prep, hasher.encode_image, hasher.encode_text, cfg.eval.k, cfg.eval.ks)
             rows.append(_row(f"{method.display}-{cfg.model.bits}", rep.summary(), cfg.eval.k))
-    _print_table(rows, cfg.eval.k)
+            reports.append((rows[-1]["method"], rep))
+    if prep.dataset.relevance == "instance":
+        _print_recall_table(reports)
+    else:
+        _print_table(rows, cfg.eval.k)
     return 0
 
 
@@ -189,13 +221,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_codes(encode_retrieval_sets(model, prep), cfg)
     title = f"{cfg.model.method.upper()} {cfg.model.bits} bits on {prep.dataset.name}"
     write_report(report, args.run, title=title, plots=cfg.eval.plots)
-    _print_table([_row(f"{cfg.model.method.upper()}-{cfg.model.bits}", report.summary(), cfg.eval.k)], cfg.eval.k)
+    name = f"{cfg.model.method.upper()}-{cfg.model.bits}"
+    if prep.dataset.relevance == "instance":
+        _print_recall_table([(name, report)])
+    else:
+        _print_table([_row(name, report.summary(), cfg.eval.k)], cfg.eval.k)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return run_command(build_parser().parse_args(argv))
+    from tfduch.logs import quiet_native_logs, silence_python_warnings
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --verbose is accepted anywhere on the line (tfduch run --data X --verbose), so it is taken out before parsing.
+    verbose = "--verbose" in args or os.environ.get("TFDUCH_VERBOSE", "") not in ("", "0")
+    args = [a for a in args if a != "--verbose"]
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        silence_python_warnings()
+    with quiet_native_logs(enabled=not verbose):
+        return run_command(build_parser().parse_args(args))
 
 
 if __name__ == "__main__":

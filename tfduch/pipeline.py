@@ -14,8 +14,9 @@ import numpy as np
 
 from tfduch import runs
 from tfduch.config import Config
-from tfduch.data.karpathy import CaptionDataset, load_dataset
+from tfduch.data.karpathy import CaptionDataset
 from tfduch.data.noise import CaptionNoise, load_or_make_caption_noise
+from tfduch.data.resolve import open_dataset
 from tfduch.data.split import ProtocolSplit, load_or_make_split
 from tfduch.eval import RetrievalReport, evaluate_retrieval, write_report
 from tfduch.features.build import FeatureSet, build_features
@@ -36,7 +37,7 @@ class Prepared:
 
 def prepare(cfg: Config, progress: bool = True) -> Prepared:
     """Load the dataset, draw (or reuse) the protocol split and get every feature from the cache."""
-    dataset = load_dataset(cfg.data_root())
+    dataset = open_dataset(cfg.data_root())
     split = load_or_make_split(dataset, split_path(cfg), seed=cfg.data.split_seed,
                                train_fraction=cfg.data.train_fraction, query_fraction=cfg.data.query_fraction,
                                method=cfg.data.split_method)
@@ -87,6 +88,10 @@ def caption_noise(cfg: Config, prepared: Prepared) -> CaptionNoise | None:
 def retrieval_features(prepared: Prepared, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image features, protocol-caption features, labels) of the query or database images."""
     idx = {"query": prepared.split.query, "database": prepared.split.database}[part]
+    if part == "database" and prepared.dataset.relevance == "instance":
+        # No classes: a query's only relevant item is its own image / caption, so the query items join the
+        # database (docs/datasets.md); the report is read as recall@K.
+        idx = np.concatenate([prepared.split.query, prepared.split.database])
     fs = prepared.features
     text = fs.captions[idx, prepared.split.caption_choice[idx]]
     return fs.image[idx], text, prepared.dataset.labels[idx]

@@ -78,6 +78,7 @@ class ArchiveItem(NamedTuple):
     captions: tuple[str, ...]
     data: bytes | None
     reason: str | None  # why this item is dead-lettered (None: fine so far)
+    extra: dict[str, Any] | None = None  # more payload fields (geo tiles: footprint, window, scene, ...)
 
 
 class EncodedItem(NamedTuple):
@@ -97,12 +98,23 @@ def _check_image(data: bytes, path: str) -> str | None:
     return None
 
 
-def read_shard_items(shard: tuple[int, list[tuple[int, str, str | None, tuple[str, ...]]]]
-                     ) -> Iterator[ArchiveItem]:
-    """Read every file of a shard; unreadable, empty or undecodable files carry a reason instead of bytes."""
+def read_shard_items(shard: tuple[int, list[tuple[Any, ...]]]) -> Iterator[ArchiveItem]:
+    """Read every file of a shard; unreadable, empty or undecodable files carry a reason instead of bytes.
+
+    An entry with a fifth element is a geo tile (:mod:`tfduch.geo.tiler`): its window is read from its scene
+    and turned into PNG bytes by the archive's band recipe; mostly-nodata tiles come back as ``skipped: ...``.
+    """
     index, entries = shard
-    for pos, (item_id, path, classname, captions) in enumerate(entries):
+    for pos, (item_id, path, classname, captions, *tile) in enumerate(entries):
         data, reason = None, None
+        if tile and tile[0] is not None:
+            from tfduch.geo.tiler import tile_job_bytes
+
+            job = tile[0]
+            data, reason = tile_job_bytes(job, job["recipe"])
+            yield ArchiveItem(index, len(entries), pos, item_id, path, classname, captions, data, reason,
+                              job["payload"])
+            continue
         try:
             with FileSystems.open(path, compression_type="uncompressed") as f:
                 data = f.read()
@@ -192,7 +204,7 @@ class WriteShard(beam.DoFn):
         packed = (np.frombuffer(b"".join(r.packed for r in ok), np.uint8).reshape(len(ok), -1) if ok  # type: ignore[misc]
                   else np.zeros((0, self.bits // 8), np.uint8))
         payloads = [{"path": r.item.path, "id": r.item.id, "class": r.item.classname,
-                     "captions": list(r.item.captions)} for r in ok]
+                     "captions": list(r.item.captions), **(r.item.extra or {})} for r in ok]
         meta = {"model_id": self.model_id, "bits": self.bits,
                 "inputs_sha256": fmt.inputs_digest([r.item.path for r in results])}
         fmt.write_shard(self.folder, index, self.num_shards, packed, [r.item.path for r in ok], payloads, dead, meta)
@@ -306,8 +318,8 @@ def _check_manifest(folder: str, manifest: dict[str, Any]) -> None:
             raise fmt.ShardError(f"{folder} holds code shards but no manifest: use an empty or new folder") from None
         return
     for key, what in (("model_id", "model"), ("bits", "code length"), ("inputs_sha256", "input file list"),
-                      ("num_shards", "shard count")):
-        if old.get(key) != manifest[key]:
+                      ("num_shards", "shard count"), ("geo_recipe", "band recipe / tiling")):
+        if old.get(key) != manifest.get(key):
             hint = {"num_shards": " (give the same --shards / --shard-size as before)",
                     "inputs_sha256": f" ({old.get('num_files')} files from {old.get('input_glob')} before, "
                                      f"{manifest['num_files']} from {manifest['input_glob']} now)"}.get(key, "")
@@ -342,18 +354,22 @@ def pipeline_options(runner: str = "DirectRunner", num_workers: int = 1, direct_
 def encode_archive(patterns: Sequence[str], out: str, spec: EncoderSpec, *, shards: int | None = None,
                    shard_size: int = 1000, batch_size: int = 32, captions: str | None = None,
                    options: PipelineOptions | None = None, progress_interval: float = 10.0,
-                   log: Callable[[str], None] = print, milvus: Any = None, milvus_batch: int = 1000,
-                   milvus_overwrite: bool = False) -> EncodeResult:
+                   log: Callable[[str], None] = print, tiles: Any = None, milvus: Any = None,
+                   milvus_batch: int = 1000, milvus_overwrite: bool = False) -> EncodeResult:
     """Encode every file matching ``patterns`` into code shards under ``out``; resumes a previous run.
 
     ``spec`` is opened once here (for bits / model id) and once per worker process by ``RunInference``.
+    ``tiles`` (a :class:`tfduch.geo.tiler.TilePlan`): encode its planned scene tiles instead of files;
+    ``patterns`` then only names the scene sources in the manifest.
     ``milvus`` (a :class:`tfduch.index.milvus.MilvusTarget`) also upserts every shard's codes into that
     archive's ``image`` collection (:mod:`tfduch.archive.milvus_sink`): shards encoded now and shards already
     on disk, so a re-run completes an interrupted load without duplicates.
     """
     if isinstance(patterns, str):
         patterns = [patterns]
-    paths = list_inputs(patterns)
+    paths = list(tiles.keys) if tiles is not None else list_inputs(patterns)
+    if not paths:
+        raise DataError("nothing to encode: no inputs")
     if shards is not None and shards < 1 or shard_size < 1 or batch_size < 1:
         raise DataError("--shards, --shard-size and --batch-size must be positive")
     num_shards = min(len(paths), shards if shards is not None else math.ceil(len(paths) / shard_size))
@@ -361,13 +377,21 @@ def encode_archive(patterns: Sequence[str], out: str, spec: EncoderSpec, *, shar
     meta = dict(encoder.metadata)
     bits, model_id = int(meta["bits"]), str(meta["model_id"])
     del encoder
-    classes, texts = _labels(paths, patterns, captions)
+    if tiles is not None:
+        classes, texts = [None] * len(paths), [()] * len(paths)
+        recipe = tiles.recipe.to_dict()
+        jobs = [{**job, "recipe": recipe} for job in tiles.jobs]
+    else:
+        classes, texts = _labels(paths, patterns, captions)
+        jobs = [None] * len(paths)
     ranges = partition(len(paths), num_shards)
     digests = [fmt.inputs_digest(paths[a:b]) for a, b in ranges]
     out = str(out) if fmt._remote(str(out)) else str(Path(out).resolve())
     manifest = {"status": "running", "bits": bits, "packed_bytes": bits // 8, "model_id": model_id, "model": meta,
                 "input_glob": list(patterns), "num_files": len(paths), "inputs_sha256": fmt.inputs_digest(paths),
                 "num_shards": num_shards, "captions": captions,
+                **({"geo": tiles.describe(), "geo_recipe": {"recipe": tiles.recipe.describe(),
+                                                            "tiling": vars(tiles.spec).copy()}} if tiles else {}),
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if not fmt._remote(out):
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -388,7 +412,8 @@ def encode_archive(patterns: Sequence[str], out: str, spec: EncoderSpec, *, shar
 
         milvus = milvus_sink.prepare_archive(milvus, meta, overwrite=milvus_overwrite)
     if todo or (milvus is not None and skipped):
-        elements = [(i, [(a + j, paths[a + j], classes[a + j], texts[a + j]) for j in range(ranges[i][1] - a)])
+        elements = [(i, [(a + j, paths[a + j], classes[a + j], texts[a + j], jobs[a + j])
+                         for j in range(ranges[i][1] - a)])
                     for i in todo for a in [ranges[i][0]]]
         stop = threading.Event()
         watcher = threading.Thread(target=_progress, daemon=True, args=(

@@ -58,6 +58,9 @@ class CaptionDataset:
     samples: list[Sample]
     classnames: list[str]
     json_path: Path | None = None
+    #: "class": relevant = same scene class; "instance": no classes, relevant = the same image (its own
+    #: captions), so evaluation reports recall@K (see docs/datasets.md)
+    relevance: str = "class"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -156,7 +159,10 @@ def load_karpathy(
     if not images_dir.is_dir():
         raise DataError(f"image folder not found: {images_dir} (for {json_path})")
 
-    parsed = [_parse_entry(json_path, i, e) for i, e in enumerate(entries)]
+    relevance = data.get("relevance", "class")
+    if relevance not in ("class", "instance"):
+        raise DataError(f"{json_path}: 'relevance' must be 'class' or 'instance', got {relevance!r}")
+    parsed = [_parse_entry(json_path, i, e, instance=relevance == "instance") for i, e in enumerate(entries)]
     _check_duplicates(json_path, [p["filename"] for p in parsed])
     labels, classnames = _assign_labels(json_path, parsed)
 
@@ -191,6 +197,7 @@ def load_karpathy(
         samples=samples,
         classnames=classnames,
         json_path=json_path.resolve(),
+        relevance=relevance,
     )
 
 
@@ -198,7 +205,8 @@ def load_dataset(root: str | os.PathLike[str], name: str | None = None) -> Capti
     """Load a dataset folder holding ``captions.json`` (or one ``dataset_*.json``) and ``images/``.
 
     ``imgs/`` is accepted too; without either folder, images are looked up relative to ``root``
-    (which covers JSONs whose entries carry a ``filepath``). ``root`` may also be the JSON file.
+    (which covers JSONs whose entries carry a ``filepath``). ``root`` may also be the JSON file. Registered
+    names (``--data ucm``) are resolved by :func:`tfduch.data.resolve.open_dataset`.
     """
     root = Path(root)
     if root.is_file():
@@ -239,7 +247,7 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path}: cannot read caption file: {exc}") from exc
 
 
-def _parse_entry(json_path: Path, i: int, entry: Any) -> dict[str, Any]:
+def _parse_entry(json_path: Path, i: int, entry: Any, instance: bool = False) -> dict[str, Any]:
     where = f"{json_path}: images[{i}]"
     if not isinstance(entry, dict):
         raise DataError(f"{where}: expected an object, got {type(entry).__name__}")
@@ -270,7 +278,9 @@ def _parse_entry(json_path: Path, i: int, entry: Any) -> dict[str, Any]:
             code = int(code)
         else:
             raise DataError(f"{where}: 'classcode' must be an integer, got {code!r}")
-    classname = entry.get("classname")
+    classname = filename if instance else entry.get("classname")
+    if instance:
+        code = None
     if classname is not None and (not isinstance(classname, str) or not classname.strip()):
         raise DataError(f"{where}: 'classname' must be a non-empty string, got {classname!r}")
     if classname is None:

@@ -283,6 +283,18 @@ class RetrievalReport:
                    int(d["n_database"]),
                    {name: DirectionResult.from_dict(name, r) for name, r in d["directions"].items()})
 
+    def recall_at_k(self) -> dict[str, float]:
+        """Flat ``{"i2t/recall@1": …}`` for instance relevance (datasets without classes, docs/datasets.md).
+
+        Valid only when every query has exactly one relevant database item (its own caption or image): then the
+        relevant items in the top k are 0 or 1, so recall@k = hits / 1 = P@k × min(k, database size).
+        """
+        out: dict[str, float] = {}
+        for name, r in self.directions.items():
+            for k, p in zip(self.ks, r.p_at_k, strict=True):
+                out[f"{name}/recall@{k}"] = float(p) * min(k, self.n_database)
+        return out
+
     def summary(self) -> dict[str, float]:
         """Flat ``{"i2t/map@20": …, "i2t/map@20_std": …}``, handy for logs and benchmark tables."""
         out: dict[str, float] = {}

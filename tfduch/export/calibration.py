@@ -45,9 +45,9 @@ def dataset_images(module: CodeExport, root: str | Path, n: int, seed: int, skip
 
     Calibration takes ``skip=0`` and check images the next ones, so the two never overlap.
     """
-    from tfduch.data.karpathy import load_dataset
+    from tfduch.data.resolve import open_dataset
 
-    dataset = load_dataset(root)
+    dataset = open_dataset(root)
     order = np.random.default_rng(seed).permutation(len(dataset.samples))[skip : skip + n]
     paths = [dataset.samples[i].path for i in order]
     blobs = [p.read_bytes() for p in tqdm(paths, desc="read images", disable=not progress)]

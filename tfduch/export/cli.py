@@ -63,13 +63,29 @@ def _calibration_root(args: argparse.Namespace) -> str | None:
     from tfduch.config import load_config
 
     try:
-        root = load_config(args.run / "config.yaml").data_root()
+        from tfduch.data.resolve import resolve_data
+
+        root = resolve_data(load_config(args.run / "config.yaml").data_root(), fetch=False)
     except Exception:  # no dataset recorded or available: synthetic calibration
         return None
     return str(root) if (root / "images").is_dir() else None
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Fail in milliseconds, before TensorFlow loads, on paths that cannot work (a file as --base, ...)."""
+    from tfduch.errors import TfduchError
+
+    if args.base.exists() and not args.base.is_dir():
+        raise TfduchError(f"--base {args.base} is a file: pass a folder (the TF Serving model base; it is created "
+                          "if missing)")
+    if (args.base / args.name).exists() and not (args.base / args.name).is_dir():
+        raise TfduchError(f"{args.base / args.name} is a file: --name must name a model folder under --base")
+    if not args.run.is_dir():
+        raise TfduchError(f"--run {args.run} is not a folder (expected a run written by `tfduch run` / `train`)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    _check_paths(args)
     from tfduch.export.savedmodel import export_model
 
     tflite = None

@@ -10,7 +10,7 @@ database images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class SourceItem:
     path: Path | str  # str: a location that is not a local file path (e.g. gs://...), kept as given
     classname: str | None = None
     captions: tuple[str, ...] = ()
+    extra: dict[str, Any] | None = field(default=None, hash=False, compare=False)  # e.g. geo tile fields
 
 
 def _scan_folder(folder: Path) -> list[SourceItem]:
@@ -47,7 +48,8 @@ def _scan_folder(folder: Path) -> list[SourceItem]:
 def collect_items(images: str | Path, captions: str | Path | None = None, split: str = "all",
                   split_file: str | Path | None = None) -> list[SourceItem]:
     """The images (with classes and captions where known) that ``images`` / ``captions`` designate."""
-    from tfduch.data.karpathy import load_dataset, load_karpathy
+    from tfduch.data.karpathy import load_karpathy
+    from tfduch.data.resolve import open_dataset
 
     root = Path(images)
     if not root.exists():
@@ -58,7 +60,7 @@ def collect_items(images: str | Path, captions: str | Path | None = None, split:
     if captions is not None:
         dataset = load_karpathy(captions, root)
     elif root.is_file() or (root / "captions.json").is_file() or any(root.glob("dataset_*.json")):
-        dataset = load_dataset(root)
+        dataset = open_dataset(root)
     if dataset is None:
         if split != "all":
             raise DataError(f"--split {split} needs a caption dataset (captions.json), but {root} is a bare folder")
@@ -89,16 +91,53 @@ def _encode_in_batches(encode: Any, values: Sequence[Any], batch: int, desc: str
 
 
 def add_items(index: ArchiveIndex, encoder: QueryEncoder, items: Sequence[SourceItem], *, batch_size: int = 64,
-              progress: bool = True) -> dict[str, np.ndarray]:
+              progress: bool = True, on_error: str = "fail") -> dict[str, np.ndarray]:
     """Encode ``items`` and add them: images to ``image``, their captions to ``text``; returns new ids.
 
-    Everything is encoded before anything is added, so a bad image leaves the index unchanged.
+    Everything is encoded before anything is added, so a bad image leaves the index unchanged. An image that
+    cannot be read or decoded is named by its path; with ``on_error="skip"`` it is left out instead and listed
+    in the index metadata under ``skipped`` (path and reason).
     """
-    paths = [it.path for it in items]
-    image_codes = _encode_in_batches(encoder.encode_images, paths, batch_size, "Encoding images", progress, "img")
-    bits = index.bits
-    image_codes = np.concatenate(image_codes) if image_codes else np.zeros((0, bits), np.int8)
-    return add_encoded(index, items, image_codes, encode_captions(encoder, items, 4 * batch_size, progress))
+    if on_error not in ("fail", "skip"):
+        raise DataError(f"on_error must be fail or skip, got {on_error!r}")
+    codes: list[np.ndarray] = []
+    kept: list[SourceItem] = []
+    skipped: list[dict[str, str]] = []
+    with tqdm(total=len(items), desc="Encoding images", unit="img", disable=not progress) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = list(items[start : start + batch_size])
+            try:
+                codes.append(np.asarray(encoder.encode_images([it.path for it in chunk])))
+                kept.extend(chunk)
+            except (DataError, OSError, ValueError):
+                for it in chunk:  # only on the failure path: find which files are bad, one by one
+                    try:
+                        codes.append(np.asarray(encoder.encode_images([it.path])))
+                        kept.append(it)
+                    except (DataError, OSError, ValueError) as exc:
+                        reason = _reason(it.path, exc)
+                        if on_error == "fail":
+                            raise DataError(f"cannot index image {it.path}: {reason} (pass --on-error skip to "
+                                            "leave unreadable images out)") from exc
+                        skipped.append({"path": str(it.path), "reason": reason})
+            bar.update(len(chunk))
+    image_codes = np.concatenate(codes) if codes else np.zeros((0, index.bits), np.int8)
+    if skipped:
+        index.metadata["skipped"] = list(index.metadata.get("skipped") or []) + skipped
+    return add_encoded(index, kept, image_codes, encode_captions(encoder, kept, 4 * batch_size, progress))
+
+
+def _reason(path: Path | str, exc: BaseException) -> str:
+    """Why an image failed, without a batch position (``item 3`` means nothing to a user)."""
+    try:
+        if isinstance(path, Path) and path.is_file() and path.stat().st_size == 0:
+            return "empty (0-byte) file"
+    except OSError:
+        pass
+    import re
+
+    text = re.sub(r"\bitem \d+ is\b", "it is", str(exc)).replace(str(path), "").strip(" :")
+    return text or type(exc).__name__
 
 
 def encode_captions(encoder: QueryEncoder, items: Sequence[SourceItem], batch_size: int, progress: bool
@@ -131,4 +170,6 @@ def _image_payload(item: SourceItem) -> dict[str, Any]:
     payload: dict[str, Any] = {"path": str(item.path), "class": item.classname}
     if item.captions:
         payload["caption"] = item.captions[0]
+    if item.extra:
+        payload.update({k: v for k, v in item.extra.items() if k not in payload})
     return payload

@@ -59,6 +59,9 @@ def _source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--split-file", type=Path,
                    help="protocol split JSON (default with --run: the run's split-seed*.json)")
     p.add_argument("--batch-size", type=int, default=32, help="images encoded per batch (default 32)")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="an unreadable / undecodable / 0-byte image: fail (default, naming the file) or skip it, "
+                   "record it in the index metadata ('skipped') and print it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -191,10 +194,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         index = ArchiveIndex.create(encoder.metadata["bits"], encoder.metadata, args.backend,
                                     **_backend_params(args.param))
-    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet)
+    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet,
+                    on_error=args.on_error)
     index.save(args.out)
     if milvus:
         index.flush()  # seal the rows and wait for the code index
+    _print_skipped(index, before=0)
     counts = ", ".join(f"{len(v)} {k} items" for k, v in ids.items())
     where = index.target.location() if milvus else args.out
     print(f"indexed {counts} ({index.bits}-bit codes, backend {args.backend}, model {index.model_id}) → {where}")
@@ -222,6 +227,14 @@ def _build_from_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_skipped(index: Any, before: int) -> None:
+    skipped = (index.metadata.get("skipped") or [])[before:]
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images (recorded in the index metadata under 'skipped'):")
+        for s in skipped:
+            print(f"  {s['path']}: {s['reason']}")
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     from tfduch.index.build import add_items, collect_items
 
@@ -229,8 +242,11 @@ def cmd_add(args: argparse.Namespace) -> int:
     encoder = query_encoder(args, index.metadata.get("model"))
     index.check_compatible(encoder.metadata)
     items = collect_items(args.images, args.captions, args.split, _split_file(args))
-    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet)
+    before = len(index.metadata.get("skipped") or [])
+    ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet,
+                    on_error=args.on_error)
     index.save(args.index)
+    _print_skipped(index, before)
     for name, new in ids.items():
         if len(new):
             print(f"added {len(new)} {name} items (ids {new[0]}..{new[-1]}) → {args.index}")
@@ -280,6 +296,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         params = ", ".join(f"{k}={v}" for k, v in backend.items() if k not in ("name", "bits"))
         print(f"{name:<10} {coll['count']} items ({coll['removed']} removed, awaiting compaction), "
               f"backend {backend['name']}{f' ({params})' if params else ''}")
+    for skipped in info.get("skipped") or []:
+        print(f"skipped    {skipped['path']}: {skipped['reason']}")
     for entry in (shard_set or {}).get("shards", []):
         ranges = "  ".join(f"{name} ids {a}..{b - 1} ({b - a})" if b > a else f"{name} -"
                            for name, (a, b) in entry["ids"].items())
@@ -311,23 +329,45 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = open_location(args.index, args)
     target = args.target
     index.collection(target).check_k(args.k)
+    area = args.bbox is not None or args.time is not None
     if args.code:
         labels = [f"code {h}" for h in args.code]
-        results = Searcher(index).by_code(_parse_codes(args.code, index.bits), args.k, target)
+        codes = _parse_codes(args.code, index.bits)
+        results = _filtered(index, args, codes) if area else Searcher(index).by_code(codes, args.k, target)
     else:
         searcher = Searcher(index, query_encoder(args, index.metadata.get("model")))
         if texts:
-            labels, results = texts, searcher.by_text(texts, args.k, target)
+            labels = texts
+            results = _filtered(index, args, searcher.encoder.encode_texts(texts)) if area and \
+                all(t.strip() for t in texts) else searcher.by_text(texts, args.k, target)
         else:
             labels = [f"image {p}" for p in args.image]
-            results = searcher.by_image([Path(p) for p in args.image], args.k, target)
-    if args.json:
+            results = _filtered(index, args, searcher.encoder.encode_images([Path(p) for p in args.image])) \
+                if area else searcher.by_image([Path(p) for p in args.image], args.k, target)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
         _print_json([{"query": q, "target": target, "results": [h.to_dict() for h in hits]}
                      for q, hits in zip(labels, results, strict=True)])
+    elif fmt in ("geojson", "stac"):
+        from tfduch.geo.formats import to_geojson, to_stac
+
+        rows = [[h.to_dict() for h in hits] for hits in results]
+        _print_json((to_geojson if fmt == "geojson" else to_stac)(rows, labels))
     else:
         for q, hits in zip(labels, results, strict=True):
-            print_hits(hits, f"\n{q!r} → top {args.k} {target} items")
+            print_hits(hits, f"\n{q!r} → top {args.k} {target} items" + (" in the area/time" if area else ""))
     return 0
+
+
+def _filtered(index: Any, args: argparse.Namespace, codes: np.ndarray) -> list[list[Any]]:
+    """Exact search among image tiles whose footprint meets --bbox and whose time is within --time."""
+    from tfduch.geo.spatial import parse_bbox, parse_time
+    from tfduch.index.area import area_search
+
+    if args.target != "image":
+        raise TfduchError("--bbox / --time select image tiles: use them with --target image")
+    return area_search(index, args.index, codes, args.k, parse_bbox(args.bbox) if args.bbox is not None else None,
+                       parse_time(args.time) if args.time is not None else None)
 
 
 # ---------------------------------------------------------------------------------------- registration
@@ -391,7 +431,9 @@ def register(subparsers: Any) -> None:
     add_milvus_args(r)
     r.set_defaults(func=cmd_remove)
 
-    i = sub.add_parser("info", help="print metadata, counts and backend of an index (verifies its checksums)")
+    i = sub.add_parser("info", help="print metadata, counts and backend of an index (verifies its checksums)",
+                       description="Print an index's model, code length, item counts, backend, skipped files and "
+                       "build times, after verifying the checksums of every section.")
     i.add_argument("--index", required=True, type=Path, help="index file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     add_milvus_args(i)
@@ -410,7 +452,14 @@ def register(subparsers: Any) -> None:
     s.add_argument("--queries", type=Path, help="text file with one caption query per line")
     s.add_argument("--target", default="image", choices=("image", "text"),
                    help="collection to search: image (default) or text (captions)")
-    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables (= --format json)")
+    s.add_argument("--format", default="table", choices=("table", "json", "geojson", "stac"),
+                   help="output: table (default), json, geojson (a FeatureCollection of tile footprints with rank, "
+                   "distance, scene, window, thumbnail; opens in QGIS) or stac (an ItemCollection of STAC Items)")
+    s.add_argument("--bbox", metavar="MINLON,MINLAT,MAXLON,MAXLAT",
+                   help="only tiles whose footprint intersects this WGS84 box (geo archives, docs/geo.md)")
+    s.add_argument("--time", metavar="FROM/TO",
+                   help="only tiles acquired within FROM/TO (ISO 8601 dates or times; '..' = open end)")
     _model_args(s)
     add_milvus_args(s)
     s.set_defaults(func=cmd_search)

@@ -98,6 +98,9 @@ def _check_encoder(encoder: QueryEncoder, model: dict[str, Any], folder: str) ->
         raise IncompatibleIndexError(f"archive {folder}: {exc}") from None
 
 
+_OWN_FIELDS = ("path", "id", "class", "captions")  # the archive's own fields; others (geo tiles) are kept
+
+
 def _build_shard(job: _Job, encoder: QueryEncoder | None = None) -> dict[str, Any]:
     """Read the overlapping archive files, add images (and encoded captions), save one index file."""
     from tfduch.index.code_shards import read_shard
@@ -118,7 +121,8 @@ def _build_shard(job: _Job, encoder: QueryEncoder | None = None) -> dict[str, An
         if n == 0:
             caption_start += sum(len(p.get("captions") or ()) for p in payloads[:a])
         packed.append(codes[a:b])
-        items += [SourceItem(p.get("path") or path, p.get("class"), tuple(p.get("captions") or ()) if encoder else ())
+        items += [SourceItem(p.get("path") or path, p.get("class"), tuple(p.get("captions") or ()) if encoder else (),
+                             {k: v for k, v in p.items() if k not in _OWN_FIELDS} or None)
                   for path, p in zip(paths[a:b], payloads[a:b], strict=True)]
     if job.milvus is not None:
         from tfduch.index.milvus import open_milvus

@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from tfduch.serving import ServingError, StatusCode
+from tfduch.serving.errors import ServingError, StatusCode
 from tfduch.serving.models import SignatureRunner
 
 __all__ = ["BatchingOptions", "BatchScheduler"]
@@ -45,12 +45,29 @@ class BatchingOptions:
     # alternate; waiting up to the timeout after each batch lets the clients just answered rejoin, and
     # the batches stay full (a full batch still runs at once).
     timeout_from_free: bool = False
+    # TF Serving's ``allowed_batch_sizes``: a merged batch is padded (with copies of its first item) up to the
+    # next allowed size, so the graph only ever sees these sizes; the padding rows are dropped from the
+    # outputs. Must increase and end at ``max_batch_size``. Empty = run the merged size as it is.
+    allowed_batch_sizes: tuple[int, ...] = ()
+    # TF Serving pads inputs whose non-batch dimensions differ so they can share a batch. Accepted for file
+    # compatibility; here requests with different per-item shapes always go to separate batches instead.
+    pad_variable_length_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1:
             raise ValueError(f"batching options must be positive: {self}")
         if self.batch_timeout_micros < 0:
             raise ValueError(f"batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}")
+        sizes = tuple(self.allowed_batch_sizes)
+        object.__setattr__(self, "allowed_batch_sizes", sizes)
+        if sizes and (any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[0] < 1
+                      or sizes[-1] != self.max_batch_size):
+            raise ValueError(f"allowed_batch_sizes {list(sizes)} must be positive, increasing and end at "
+                             f"max_batch_size {self.max_batch_size}")
+
+    def padded_size(self, size: int) -> int:
+        """The batch size the graph runs for ``size`` merged items (the next allowed size, if any)."""
+        return next((s for s in self.allowed_batch_sizes if s >= size), size)
 
     def get_config(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,8 +97,11 @@ class _Queue:
 class BatchScheduler:
     """Merges concurrent requests per signature; :meth:`run` blocks until its own slice is back."""
 
-    def __init__(self, options: BatchingOptions = BatchingOptions()) -> None:
+    def __init__(self, options: BatchingOptions = BatchingOptions(),
+                 on_batch: Callable[[SignatureRunner, int], None] | None = None) -> None:
         self.options = options
+        self.on_batch = on_batch  # called with each run's batch size in items (after padding), e.g. metrics
+        self._sizes: Counter[int] = Counter()
         self._cond = threading.Condition()
         self._queues: dict[tuple, _Queue] = {}
         self._queued_items = 0
@@ -126,6 +146,7 @@ class BatchScheduler:
                 self._cond.notify()
         if direct:
             try:
+                self._ran(runner, size)
                 return runner.run(inputs)
             finally:
                 with self._cond:
@@ -141,6 +162,17 @@ class BatchScheduler:
         """Counters since start: batches run, requests and items in them, the largest batch."""
         with self._cond:
             return dict(self._stats)
+
+    def batch_sizes(self) -> dict[int, int]:
+        """How many runs had each batch size (in items, after ``allowed_batch_sizes`` padding)."""
+        with self._cond:
+            return dict(self._sizes)
+
+    def _ran(self, runner: SignatureRunner, size: int) -> None:
+        with self._cond:
+            self._sizes[size] += 1
+        if self.on_batch is not None:
+            self.on_batch(runner, size)
 
     def stop(self) -> None:
         with self._cond:
@@ -207,13 +239,20 @@ class BatchScheduler:
     def _execute(self, runner: SignatureRunner, tasks: list[_Task]) -> None:
         sizes = [t.size for t in tasks]
         total = sum(sizes)
-        if len(tasks) == 1:
+        padded = self.options.padded_size(total)
+        if len(tasks) == 1 and padded == total:
+            self._ran(runner, total)
             self._finish_alone(runner, tasks[0])
             return
         try:
-            merged = {name: np.concatenate([t.inputs[name] for t in tasks]) for name in tasks[0].inputs}
+            parts = {name: [t.inputs[name] for t in tasks] for name in tasks[0].inputs}
+            if padded > total:  # TF Serving pads with copies of the first item; the extra rows are dropped below
+                parts = {name: [*arrays, np.repeat(arrays[0][:1], padded - total, axis=0)]
+                         for name, arrays in parts.items()}
+            merged = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+            self._ran(runner, padded)
             outputs = runner.run(merged)
-            if any(value.shape[:1] != (total,) for value in outputs.values()):
+            if any(value.shape[:1] != (padded,) for value in outputs.values()):
                 raise ServingError(StatusCode.INTERNAL, "an output does not follow the batch dimension")
         except Exception:  # noqa: BLE001 - isolate the failing request(s): run each one alone
             with self._cond:

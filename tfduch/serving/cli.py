@@ -20,12 +20,18 @@ examples:
   tfduch serve --model_base_path /exports/tfduch                       # gRPC :8500, REST :8501
   tfduch serve --model_name tfduch --model_base_path /exports/tfduch --enable_batching
   tfduch serve --model_config_file /exports/models.config --port 9000 --rest_api_port -1
+  tfduch serve --model_config_file serving/models.config --model_config_file_poll_wait_seconds 60 \
+      --enable_batching --batching_parameters_file serving/batching.config \
+      --monitoring_config_file serving/monitoring.config --ssl_config_file /secrets/ssl.config
+
+--host 0.0.0.0 (the default, as TF Serving) accepts connections from every network the machine is on;
+use --host 127.0.0.1 for this machine only, or put the server behind a firewall / TLS (see docs/serving.md).
 
 The model folder holds integer version folders (/exports/tfduch/1, /exports/tfduch/2, ...), each a
 SavedModel. The newest is served, folders are polled every --file_system_poll_wait_seconds and a new
 version is picked up without a restart (folders that are not plain integers, e.g. export temp folders,
 are ignored). The protocol is TF Serving's: any TF Serving client works, and the same folder can be
-served by the real tensorflow_model_server (see serving/README.md).
+served by the real tensorflow_model_server (see docs/serving.md).
 """
 
 ENCODE_EPILOG = """\
@@ -65,17 +71,33 @@ def _register_serve(subparsers: Any) -> None:
                      help="latest, latest:N, all or specific:V1,V2 (default: latest = the newest version)")
     src.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                      help="how often to look for new/removed versions; <= 0 loads once (default 1)")
+    src.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                     help="re-read --model_config_file this often (models, policies, labels change without a "
+                          "restart); 0 = read once (default, as TF Serving)")
+    src.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
+                     metavar="true|false",
+                     help="replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE "
+                          "(default true)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0; 127.0.0.1 = local only)")
     net.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500; 0 = any free port)")
     net.add_argument("--rest_api_port", type=int, default=8501,
                      help="REST port (default 8501; 0 = any free port; -1 = no REST)")
     net.add_argument("--grpc_max_threads", type=int, default=64, help="gRPC worker threads (default 64)")
+    net.add_argument("--ssl_config_file", type=Path,
+                     help="TF Serving SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): "
+                          "TLS on the gRPC port, mutual TLS with client_verify")
+    net.add_argument("--monitoring_config_file", type=Path,
+                     help="TF Serving MonitoringConfig text proto: prometheus_config { enable: true path: ... } "
+                          "serves Prometheus metrics on the REST port")
     net.add_argument("--ready_file", type=Path,
                      help="write {\"grpc_port\", \"rest_api_port\", \"pid\"} JSON here once serving (for scripts)")
     bat = p.add_argument_group("batching (as tensorflow_model_server --enable_batching)")
     bat.add_argument("--enable_batching", action="store_true",
                      help="merge concurrent requests to the same signature into one call")
+    bat.add_argument("--batching_parameters_file", type=Path,
+                     help="TF Serving BatchingParameters text proto (e.g. serving/batching.config); its fields "
+                          "override the flags below")
     bat.add_argument("--max_batch_size", type=int, default=32, help="largest merged batch in items (default 32)")
     bat.add_argument("--batch_timeout_micros", type=int, default=1000,
                      help="longest a request waits for others to join its batch (default 1000)")
@@ -95,9 +117,19 @@ def _register_serve(subparsers: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _bool(text: str) -> bool:
+    """TF Serving's boolean flag values (``--enable_model_warmup=false``)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1")
+
+
 def serve_options(args: argparse.Namespace) -> Any:
     """:class:`ServerOptions` from the parsed ``tfduch serve`` flags."""
     from tfduch.serving.batching import BatchingOptions
+    from tfduch.serving.configs import read_batching_parameters, read_monitoring_config, read_ssl_config
+    from tfduch.serving.metrics import MonitoringOptions
     from tfduch.serving.models import ModelSource, RequestLimits, VersionPolicy, read_model_config_file
     from tfduch.serving.server import ServerOptions
 
@@ -114,13 +146,22 @@ def serve_options(args: argparse.Namespace) -> Any:
                                    args.max_enqueued_batches, args.batch_timeout_from_free)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if args.batching_parameters_file is not None:
+        if not args.enable_batching:
+            raise ConfigError("--batching_parameters_file needs --enable_batching")
+        batching = read_batching_parameters(args.batching_parameters_file, batching)
     if args.max_request_batch_size < 1:
         raise ConfigError(f"--max_request_batch_size must be >= 1, got {args.max_request_batch_size}")
     limits = RequestLimits(args.max_request_batch_size, tuple(args.utf8_inputs or ("text",)))
     return ServerOptions(models=sources, host=args.host, port=args.port, rest_api_port=args.rest_api_port,
                          file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
                          enable_batching=args.enable_batching, batching=batching, limits=limits,
-                         grpc_max_threads=args.grpc_max_threads)
+                         grpc_max_threads=args.grpc_max_threads, model_config_file=args.model_config_file,
+                         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+                         enable_model_warmup=args.enable_model_warmup,
+                         monitoring=(read_monitoring_config(args.monitoring_config_file)
+                                     if args.monitoring_config_file is not None else MonitoringOptions()),
+                         ssl=read_ssl_config(args.ssl_config_file) if args.ssl_config_file is not None else None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -144,8 +185,11 @@ def run_server(options: Any, stop: threading.Event, ready_file: Path | None = No
     try:
         rest = f", REST on {options.host}:{server.rest_port}" if server.rest_port is not None else ""
         names = ", ".join(f"{m.name} ({m.base_path}, {m.policy})" for m in options.models)
+        extras = [text for on, text in ((options.enable_batching, "batching on"), (options.ssl is not None, "TLS"),
+                                        (options.monitoring.enable, f"metrics at {options.monitoring.path}"))
+                  if on]
         print(f"tfduch serve: gRPC on {server.grpc_address}{rest}; models: {names}"
-              f"{'; batching on' if options.enable_batching else ''}", flush=True)
+              f"{''.join('; ' + e for e in extras)}", flush=True)
         if ready_file is not None:
             atomic_write_json(ready_file, {"grpc_port": server.grpc_port, "rest_api_port": server.rest_port,
                                            "pid": os.getpid()})
@@ -154,6 +198,8 @@ def run_server(options: Any, stop: threading.Event, ready_file: Path | None = No
         print("tfduch serve: shutting down", flush=True)
     finally:
         server.stop()
+        if ready_file is not None:  # a ready file left behind would announce a server that is gone
+            ready_file.unlink(missing_ok=True)
     return 0
 
 

@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfduch.serving import ServingError
+from tfduch.serving.errors import ServingError
 from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
 
 __all__ = ["Client", "ModelMetadata", "SignatureSpec", "DEFAULT_SIGNATURES", "CODES_OUTPUT", "METADATA_SIGNATURE",
@@ -126,6 +126,7 @@ class Client:
         target: ``host:port`` of the gRPC endpoint.
         model_name: served model name (``--model_name`` of the server).
         version: pin a version; ``None`` = the newest the server serves.
+        version_label: ask for a labelled version instead (``models.config`` ``version_labels``, e.g. ``stable``).
         timeout: deadline of each request in seconds.
         retries: extra attempts when the server answers UNAVAILABLE (backoff doubles, with jitter).
         backoff: first wait between attempts, seconds; capped at ``max_backoff``.
@@ -133,19 +134,30 @@ class Client:
         signatures: overrides of :data:`DEFAULT_SIGNATURES` (keys ``text``, ``image``, ``image_features``,
             ``text_features``) for models exported with other names.
         credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; default is an insecure channel.
+        root_certificates: PEM of the CA that signed the server's certificate: TLS (implies a secure channel).
+        private_key, certificate_chain: PEM client key and certificate, for a server with ``client_verify``
+            (mutual TLS).
     """
 
-    def __init__(self, target: str, model_name: str = "tfduch", *, version: int | None = None,
+    def __init__(self, target: str, model_name: str = "tfduch", *, version: int | None = None, version_label: str = "",
                  timeout: float = 30.0, retries: int = 3, backoff: float = 0.1, max_backoff: float = 5.0,
                  batch_size: int = 64, signatures: Mapping[str, SignatureSpec] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, root_certificates: bytes | None = None,
+                 private_key: bytes | None = None, certificate_chain: bytes | None = None) -> None:
         if batch_size < 1 or retries < 0 or timeout <= 0:
             raise ValueError(f"need batch_size >= 1, retries >= 0, timeout > 0; got {batch_size}, {retries}, "
                              f"{timeout}")
+        if version is not None and version_label:
+            raise ValueError("give a version or a version_label, not both")
         self.target, self.model_name, self.version = target, model_name, version
+        self.version_label = version_label
         self.timeout, self.retries, self.backoff, self.max_backoff = timeout, retries, backoff, max_backoff
         self.batch_size = batch_size
         self.signatures = {**DEFAULT_SIGNATURES, **(signatures or {})}
+        if (private_key is None) != (certificate_chain is None):
+            raise ValueError("a client certificate needs both private_key and certificate_chain")
+        if credentials is None and (root_certificates or private_key):
+            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         else:
@@ -177,6 +189,8 @@ class Client:
         version = self.version if version is None else version
         if version is not None:
             request.model_spec.version.value = version
+        elif self.version_label:
+            request.model_spec.version_label = self.version_label
         if signature:
             request.model_spec.signature_name = signature
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from tfduch.errors import ConfigError
-from tfduch.serving import ServingError, StatusCode
+from tfduch.serving.errors import ServingError, StatusCode
 
 try:  # exported tfduch text signatures tokenize with tensorflow-text ops; register them before loading
     import tensorflow_text  # noqa: F401
@@ -42,6 +42,7 @@ __all__ = [
     "list_versions",
     "read_extra_metadata",
     "read_model_config_file",
+    "sources_from_config",
 ]
 
 log = logging.getLogger("tfduch.serving")
@@ -100,11 +101,16 @@ class VersionPolicy:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """One served model: its name, its ``<base>/<model_name>`` folder and its version policy."""
+    """One served model: its name, its ``<base>/<model_name>`` folder, version policy and version labels.
+
+    ``labels`` maps a label (``stable``, ``canary``) to a version, as ``version_labels`` in TF Serving's
+    ``ModelConfig``: clients ask for ``version_label`` (gRPC) or ``/labels/<label>`` (REST).
+    """
 
     name: str
     base_path: Path
     policy: VersionPolicy = VersionPolicy()
+    labels: Mapping[str, int] = field(default_factory=dict)
 
 
 def read_model_config_file(path: str | Path) -> list[ModelSource]:
@@ -116,6 +122,12 @@ def read_model_config_file(path: str | Path) -> list[ModelSource]:
         text_format.Parse(Path(path).read_text(encoding="utf-8"), config)
     except (OSError, text_format.ParseError) as exc:
         raise ConfigError(f"cannot read model config file {path}: {exc}") from exc
+    return sources_from_config(config, str(path), Path(path).resolve().parent)
+
+
+def sources_from_config(config: Any, path: str, base_dir: Path) -> list[ModelSource]:
+    """The models of a ``ModelServerConfig`` message (from a file, or a gRPC ReloadConfig request);
+    relative base paths are resolved against ``base_dir``, errors name ``path``."""
     sources = []
     for entry in config.model_config_list.config:
         platform = entry.model_platform or "tensorflow"
@@ -131,8 +143,11 @@ def read_model_config_file(path: str | Path) -> list[ModelSource]:
             policy = VersionPolicy("latest", max(1, n))
         base = Path(entry.base_path)
         if not base.is_absolute():
-            base = Path(path).resolve().parent / base
-        sources.append(ModelSource(entry.name, base, policy))
+            base = base_dir / base
+        sources.append(ModelSource(entry.name, base, policy, dict(entry.version_labels)))
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: a model name is listed twice ({', '.join(sorted(names))})")
     if not sources:
         raise ConfigError(f"{path} lists no models (expected model_config_list {{ config {{ name base_path }} }})")
     return sources
@@ -204,8 +219,9 @@ def clean_tf_message(message: str) -> str:
 class SignatureRunner:
     """One signature of a loaded version: validates request arrays, runs the function, returns numpy."""
 
-    def __init__(self, name: str, function: Any, limits: RequestLimits) -> None:
+    def __init__(self, name: str, function: Any, limits: RequestLimits, model: str = "", version: int = 0) -> None:
         self.name = name
+        self.model, self.version = model, version  # whose signature this is (metrics labels)
         self.function = function
         self.limits = limits
         self.inputs: dict[str, tf.TensorSpec] = dict(function.structured_input_signature[1])
@@ -285,12 +301,19 @@ class SignatureRunner:
         try:
             tensors = {name: tf.constant(value, dtype=self.inputs[name].dtype) for name, value in inputs.items()}
             result = self.function(**tensors) if self._call is None else self._call(tensors)
-            return {name: value.numpy() for name, value in result.items()}
+            return {name: _as_array(value.numpy()) for name, value in result.items()}
         except tf.errors.OpError as exc:
             code = _TF_CODE_NAMES.get(exc.error_code, StatusCode.INTERNAL)
             raise ServingError(code, f"signature '{self.name}': {clean_tf_message(exc.message)}") from exc
         except (ValueError, TypeError) as exc:
             raise ServingError(StatusCode.INVALID_ARGUMENT, f"signature '{self.name}': {exc}") from exc
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """Scalar outputs come back from ``.numpy()`` as ``bytes`` / numpy scalars: make every output an array."""
+    if isinstance(value, np.ndarray):
+        return value
+    return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
 
 
 def _check_utf8(name: str, array: np.ndarray) -> None:
@@ -343,11 +366,12 @@ class Servable:
     runners: dict[str, SignatureRunner]
     extra_metadata: dict[str, str] = field(default_factory=dict)
     loaded: Any = field(repr=False, default=None)  # keeps the SavedModel's variables alive
+    warmup_requests: int = 0  # warm-up records replayed before the version became AVAILABLE
 
     @classmethod
     def load(cls, name: str, version: int, path: Path, limits: RequestLimits) -> Servable:
         loaded = tf.saved_model.load(str(path), tags=["serve"])
-        runners = {sig: SignatureRunner(sig, fn, limits) for sig, fn in loaded.signatures.items()}
+        runners = {sig: SignatureRunner(sig, fn, limits, name, version) for sig, fn in loaded.signatures.items()}
         return cls(name, version, path, read_signature_defs(path), runners, read_extra_metadata(path), loaded)
 
     def runner(self, signature_name: str) -> SignatureRunner:
@@ -379,8 +403,9 @@ class ModelManager:
     """
 
     def __init__(self, sources: Iterable[ModelSource], poll_seconds: float = 1.0,
-                 limits: RequestLimits = RequestLimits()) -> None:
+                 limits: RequestLimits = RequestLimits(), on_load: Callable[[Servable], None] | None = None) -> None:
         self.sources = {s.name: s for s in sources}
+        self.on_load = on_load  # runs after a version loaded and before it is AVAILABLE (warm-up)
         self.poll_seconds = float(poll_seconds)
         self.limits = limits
         self._lock = threading.Lock()
@@ -392,10 +417,25 @@ class ModelManager:
         self._thread: threading.Thread | None = None
 
     # -- polling ---------------------------------------------------------------------------------
+    def update_sources(self, sources: Iterable[ModelSource]) -> None:
+        """Serve exactly ``sources`` from now on (a re-read ``--model_config_file``): new models load,
+        dropped ones unload, changed policies and labels apply; no restart, other models keep serving."""
+        new = {s.name: s for s in sources}
+        with self._poll_lock:
+            with self._lock:
+                for name in set(self.sources) - set(new):
+                    for version in self._loaded.pop(name, {}):
+                        log.info("unloaded model %s version %d (no longer in the config)", name, version)
+                    self._states.pop(name, None)
+                for name in set(new) - set(self.sources):
+                    self._loaded[name], self._states[name] = {}, {}
+                self.sources = new
+        self.poll()
+
     def poll(self) -> None:
         """Scan every model folder once: load wanted new versions, then unload unwanted ones."""
         with self._poll_lock:
-            for source in self.sources.values():
+            for source in list(self.sources.values()):
                 try:
                     self._poll_model(source)
                 except Exception:  # noqa: BLE001 - a broken folder must not stop the other models
@@ -408,8 +448,15 @@ class ModelManager:
         loaded = self._loaded[source.name]
         if not on_disk and not loaded:
             log.debug("no versions of model %s under %s yet", source.name, source.base_path)
-        for version in sorted(wanted - set(loaded), reverse=True):
-            self._load(source.name, version, usable[version])
+        while wanted - set(loaded):
+            for version in sorted(wanted - set(loaded), reverse=True):
+                self._load(source.name, version, usable[version])
+            # A version that failed to load (or to warm up) gives its place to the next one the policy picks.
+            failed = {v for v in wanted if (source.name, v) in self._failed}
+            if not failed:
+                break
+            usable = {v: p for v, p in usable.items() if v not in failed}
+            wanted = source.policy.select(usable)
         # The policy counts only versions that loaded: if the newest failed, the previous one stays.
         wanted = source.policy.select(set(self._loaded[source.name]) & set(on_disk))
         for version in sorted(set(loaded) - wanted):
@@ -424,6 +471,8 @@ class ModelManager:
         log.info("loading model %s version %d from %s", name, version, path)
         try:
             servable = Servable.load(name, version, path, self.limits)
+            if self.on_load is not None:
+                self.on_load(servable)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported through GetModelStatus
             self._failed[(name, version)] = _mtime(path)
             message = clean_tf_message(str(exc)) or type(exc).__name__
@@ -458,8 +507,21 @@ class ModelManager:
             self._thread = None
 
     # -- lookups ---------------------------------------------------------------------------------
-    def get(self, name: str, version: int | None = None) -> Servable:
-        """The requested version, or the newest loaded one; ``NOT_FOUND`` as TF Serving words it."""
+    def resolve_label(self, name: str, label: str) -> int:
+        """The version a label points at; ``INVALID_ARGUMENT`` for an unknown label, as TF Serving."""
+        source = self.sources.get(name)
+        if source is None:
+            raise ServingError(StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+        if label not in source.labels:
+            known = ", ".join(sorted(source.labels)) or "none configured"
+            raise ServingError(StatusCode.INVALID_ARGUMENT,
+                               f"Unrecognized servable version label: {label} (model {name} has: {known})")
+        return int(source.labels[label])
+
+    def get(self, name: str, version: int | None = None, label: str = "") -> Servable:
+        """The requested version (by number or label), or the newest loaded one; ``NOT_FOUND`` as TF Serving."""
+        if label:
+            version = self.resolve_label(name, label)
         with self._lock:
             versions = self._loaded.get(name)
             if versions:

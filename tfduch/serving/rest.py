@@ -1,11 +1,14 @@
-"""TF Serving's REST API on a small threaded HTTP server, sharing the gRPC server's core.
+"""TF Serving's REST API, sharing the gRPC front end's core, on uvicorn (a production ASGI server).
 
-Routes (as ``tensorflow_model_server --rest_api_port``)::
+The standard library's ``http.server`` says of itself that it is not for production; the routes here
+are a Starlette app served by uvicorn in-process on its own thread. Routes (as
+``tensorflow_model_server --rest_api_port``; ``/labels/<label>`` wherever ``/versions/<v>`` may stand)::
 
     POST /v1/models/<name>[/versions/<v>]:predict   {"signature_name": s, "instances": [...]} → {"predictions": [...]}
                                                     {"signature_name": s, "inputs": ...}      → {"outputs": ...}
     GET  /v1/models/<name>[/versions/<v>]           GetModelStatus as JSON
     GET  /v1/models/<name>[/versions/<v>]/metadata  GetModelMetadata as JSON
+    GET  /monitoring/prometheus/metrics             Prometheus metrics (with a monitoring config)
 
 Binary strings travel as ``{"b64": "..."}`` both ways (outputs only when the output name ends in
 ``_bytes``, as TF Serving does). Errors are ``{"error": "..."}`` with TF Serving's HTTP code for the
@@ -19,33 +22,24 @@ import binascii
 import json
 import logging
 import re
+import socket
 import threading
+import time
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from tfduch.serving import ServingError, StatusCode
-from tfduch.serving.server import SIGNATURE_DEF_FIELD, model_metadata, model_status
+from tfduch.serving.core import SIGNATURE_DEF_FIELD, ModelSpec, ServingCore, model_metadata, model_status
+from tfduch.serving.errors import HTTP_STATUS, ServingError, StatusCode
+from tfduch.serving.metrics import CONTENT_TYPE_LATEST, MonitoringOptions, ServingMetrics
 
-if TYPE_CHECKING:  # pragma: no cover
-    from tfduch.serving.server import ServingCore
-
-__all__ = ["RestServer", "HTTP_STATUS", "json_to_array", "array_to_json"]
+__all__ = ["RestApi", "RestServer", "HTTP_STATUS", "json_to_array", "array_to_json"]
 
 log = logging.getLogger("tfduch.serving")
 
-# TF Serving's status → HTTP code table (model_servers/http_server.cc).
-HTTP_STATUS = {
-    "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
-    "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
-    "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
-}
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?::(?P<method>[a-z]+)|/(?P<sub>metadata))?$", re.IGNORECASE)
 _MAX_BODY = 512 << 20
@@ -201,65 +195,74 @@ def _rows_json(outputs: Mapping[str, np.ndarray]) -> list[Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# HTTP
+# HTTP: TF Serving's routes as a Starlette app, served by uvicorn
 # --------------------------------------------------------------------------------------------------
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "tfduch-serving"
-    core: ServingCore  # set on the subclass made by RestServer
+class RestApi:
+    """TF Serving's REST routes over a :class:`ServingCore` (framework-free: ``dispatch`` is plain Python)."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("REST %s - %s", self.address_string(), format % args)
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def _dispatch(self, method: str) -> None:
+    def dispatch(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        """(HTTP status, JSON payload) of one request; never raises."""
         try:
-            body = self._read_body()
-            self._reply(200, self._handle(method, body))
+            return 200, self._handle(method, path, body)
         except ServingError as exc:
-            self._reply(HTTP_STATUS.get(exc.code, 500), {"error": exc.message})
+            return HTTP_STATUS.get(exc.code, 500), {"error": exc.message}
         except Exception as exc:  # noqa: BLE001 - never let one request take the server down
-            log.exception("REST request %s %s failed", method, self.path)
-            self._reply(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+            log.exception("REST request %s %s failed", method, path)
+            return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
 
-    def _read_body(self) -> bytes:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= _MAX_BODY:
-            self.close_connection = True  # the unread body would be taken for the next request
-            raise _bad(f"invalid Content-Length {self.headers.get('Content-Length')!r} (limit {_MAX_BODY} bytes)")
-        return self.rfile.read(length) if length else b""
-
-    def _handle(self, method: str, body: bytes) -> Any:
-        path = self.path.split("?", 1)[0]
+    def _handle(self, method: str, path: str, body: bytes) -> Any:
         match = _PATH.match(path)
         if match is None:
             raise ServingError(StatusCode.NOT_FOUND if not path.startswith("/v1/models") else
                                StatusCode.INVALID_ARGUMENT, f"Malformed request: {method} {path}")
-        name, verb, sub = match["name"], match["method"], match["sub"]
-        if match["label"] is not None:
-            raise _bad(f"Unrecognized servable version label: {match['label']} (labels are not configured here)")
+        verb, sub = match["method"], match["sub"]
         version = None
         if match["version"] is not None:
             if not match["version"].isdigit():
                 raise _bad(f"Malformed request: {method} {path} (version must be an integer)")
             version = int(match["version"])
+        spec = ModelSpec(match["name"], version, match["label"] or "")
         if method == "POST" and verb == "predict" and sub is None:
-            return self._predict(name, version, body)
+            return self._predict(spec, body)
         if method == "POST" and verb in ("classify", "regress"):
             raise ServingError(StatusCode.UNIMPLEMENTED, f"{verb} is not served here; use :predict")
         if method == "GET" and verb is None:
-            return self._metadata(name, version) if sub else self._status(name, version)
+            if sub:
+                return _proto_json(model_metadata(self.core.manager, spec, [SIGNATURE_DEF_FIELD]))
+            return _proto_json(model_status(self.core.manager, spec))
         raise _bad(f"Malformed request: {method} {path}")
 
-    def _predict(self, name: str, version: int | None, body: bytes) -> Any:
+    def _predict(self, spec: ModelSpec, body: bytes) -> Any:
+        try:
+            doc = self._parse(body)
+            signature = doc.get("signature_name", "")
+            if not isinstance(signature, str):
+                raise _bad("'signature_name' key must be a string value")
+            spec = ModelSpec(spec.name, spec.version, spec.label, signature)
+            if ("instances" in doc) == ("inputs" in doc):
+                raise _bad("Missing 'inputs' or 'instances' key" if "inputs" not in doc else
+                           "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
+            _, runner = self.core.runner(spec)
+            if "instances" in doc:
+                inputs = _instances_to_inputs(doc["instances"], runner.inputs)
+            else:
+                inputs = _columnar_to_inputs(doc["inputs"], runner.inputs)
+        except ServingError as exc:  # refused before it reached the core: counted all the same
+            self.core.record_failure(spec, exc.code, "REST")
+            raise
+        _, _, outputs = self.core.predict(spec, inputs, entrypoint="REST")
+        if "instances" in doc:
+            return {"predictions": _rows_json(outputs)}
+        if len(outputs) == 1:
+            only_name, value = next(iter(outputs.items()))
+            return {"outputs": array_to_json(value, only_name)}
+        return {"outputs": {key: array_to_json(value, key) for key, value in outputs.items()}}
+
+    @staticmethod
+    def _parse(body: bytes) -> dict[str, Any]:
         if not body:
             raise _bad("JSON Parse error: The document is empty")
         try:
@@ -268,47 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _bad(f"JSON Parse error: {exc}") from None
         if not isinstance(doc, dict):
             raise _bad("JSON Value is not an object")
-        signature = doc.get("signature_name", "")
-        if not isinstance(signature, str):
-            raise _bad("'signature_name' key must be a string value")
-        if ("instances" in doc) == ("inputs" in doc):
-            raise _bad("Missing 'inputs' or 'instances' key" if "inputs" not in doc else
-                       "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
-        _, runner = self.core.runner(name, version, signature)
-        if "instances" in doc:
-            inputs = _instances_to_inputs(doc["instances"], runner.inputs)
-        else:
-            inputs = _columnar_to_inputs(doc["inputs"], runner.inputs)
-        _, _, outputs = self.core.predict(name, version, signature, inputs)
-        if "instances" in doc:
-            return {"predictions": _rows_json(outputs)}
-        if len(outputs) == 1:
-            only_name, value = next(iter(outputs.items()))
-            return {"outputs": array_to_json(value, only_name)}
-        return {"outputs": {key: array_to_json(value, key) for key, value in outputs.items()}}
-
-    def _status(self, name: str, version: int | None) -> Any:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = name
-        if version is not None:
-            request.model_spec.version.value = version
-        return _proto_json(model_status(self.core.manager, request))
-
-    def _metadata(self, name: str, version: int | None) -> Any:
-        request = get_model_metadata_pb2.GetModelMetadataRequest()
-        request.model_spec.name = name
-        if version is not None:
-            request.model_spec.version.value = version
-        request.metadata_field.append(SIGNATURE_DEF_FIELD)
-        return _proto_json(model_metadata(self.core.manager, request))
-
-    def _reply(self, code: int, payload: Any) -> None:
-        data = json.dumps(payload).encode("utf-8")
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        return doc
 
 
 def _proto_json(message: Any) -> Any:
@@ -316,21 +279,74 @@ def _proto_json(message: Any) -> Any:
                                      always_print_fields_with_no_presence=True)
 
 
+def build_app(api: RestApi, metrics: ServingMetrics | None = None,
+              monitoring: MonitoringOptions | None = None) -> Any:
+    """The Starlette app: the Prometheus route (when enabled), then every other path to :class:`RestApi`."""
+    monitoring = monitoring or MonitoringOptions()
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    def reply(status: int, payload: Any) -> Response:
+        return Response(json.dumps(payload).encode("utf-8"), status_code=status, media_type="application/json")
+
+    async def handle(request: Request) -> Response:
+        length = request.headers.get("content-length") or "0"
+        if not length.isdigit() or int(length) > _MAX_BODY:
+            return reply(400, {"error": f"invalid Content-Length {length!r} (limit {_MAX_BODY} bytes)"})
+        body = await request.body()
+        # The model runs in a worker thread: the event loop keeps accepting while TensorFlow computes.
+        status, payload = await run_in_threadpool(api.dispatch, request.method, request.url.path, body)
+        return reply(status, payload)
+
+    async def prometheus(request: Request) -> Response:
+        assert metrics is not None
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = []
+    if monitoring.enable and metrics is not None:
+        routes.append(Route(monitoring.path, prometheus, methods=["GET"]))
+    routes.append(Route("/{path:path}", handle, methods=["GET", "POST"]))
+    return Starlette(routes=routes)
+
+
 class RestServer:
-    """A ``ThreadingHTTPServer`` answering TF Serving's REST routes from a :class:`ServingCore`."""
+    """uvicorn serving :func:`build_app` in-process on its own thread (and event loop)."""
 
-    def __init__(self, core: ServingCore, host: str, port: int) -> None:
-        handler = type("TfduchRestHandler", (_Handler,), {"core": core})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
-        self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="tfduch-rest", daemon=True)
+    def __init__(self, core: ServingCore, host: str, port: int, metrics: ServingMetrics | None = None,
+                 monitoring: MonitoringOptions | None = None) -> None:
+        import uvicorn
 
-    def start(self) -> RestServer:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((host, port))
+        except OSError as exc:
+            self._socket.close()
+            raise OSError(f"cannot bind REST to {host}:{port} (port in use?): {exc}") from None
+        self.port = int(self._socket.getsockname()[1])
+        app = build_app(RestApi(core), metrics, monitoring)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name="tfduch-rest", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> RestServer:
         self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise OSError(f"REST server did not start on port {self.port}")
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()

@@ -1,49 +1,34 @@
-"""The model server: TF Serving's gRPC services (and its REST API, see ``rest.py``) over :mod:`models`.
+"""The model server: one :class:`~tfduch.serving.core.ServingCore` under the gRPC and REST front ends.
 
-``PredictionService.Predict`` / ``GetModelMetadata`` and ``ModelService.GetModelStatus`` use the
-``tensorflow_serving.apis`` protos unchanged, so any TF Serving client (ours included) talks to it.
-``Classify``, ``Regress``, ``MultiInference`` and ``HandleReloadConfigRequest`` answer UNIMPLEMENTED.
+:class:`ModelServer` wires the pieces TF Serving's ``tensorflow_model_server`` has: the model manager
+(version policy, labels, hot reload of version folders and of ``--model_config_file``), warm-up replay,
+the batch scheduler, Prometheus metrics, and TLS on the gRPC port. The front ends live in
+:mod:`~tfduch.serving.grpc_api` and :mod:`~tfduch.serving.rest` and import only the core.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from concurrent import futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
-from google.protobuf import wrappers_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-    status_pb2,
-)
 
-from tfduch.serving import ServingError, StatusCode
+from tfduch.errors import ConfigError
 from tfduch.serving.batching import BatchingOptions, BatchScheduler
-from tfduch.serving.models import ModelManager, ModelSource, RequestLimits, Servable, SignatureRunner
-from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
+from tfduch.serving.configs import SslOptions
+from tfduch.serving.core import SIGNATURE_DEF_FIELD, ModelSpec, ServingCore, model_metadata, model_status
+from tfduch.serving.grpc_api import GRPC_OPTIONS, ModelServicer, PredictionServicer, start_grpc_server
+from tfduch.serving.metrics import MonitoringOptions, ServingMetrics
+from tfduch.serving.models import ModelManager, ModelSource, RequestLimits, SignatureRunner, read_model_config_file
+from tfduch.serving.warmup import replay_warmup
 
-__all__ = ["ServerOptions", "ServingCore", "ModelServer", "PredictionServicer", "ModelServicer", "model_metadata",
-           "model_status", "single_model_options"]
+__all__ = ["ServerOptions", "ServingCore", "ModelServer", "ModelSpec", "PredictionServicer", "ModelServicer",
+           "model_metadata", "model_status", "single_model_options", "SIGNATURE_DEF_FIELD", "GRPC_OPTIONS"]
 
 log = logging.getLogger("tfduch.serving")
-
-SIGNATURE_DEF_FIELD = "signature_def"
-_ERROR_CODE_ENUM = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
-_STATE_ENUM = get_model_status_pb2.ModelVersionStatus.State
-# No message size limit (TF Serving sets INT_MAX: a batch of images is easily over gRPC's 4 MiB), and no
-# SO_REUSEPORT: a second server on a taken port must fail instead of silently sharing its traffic.
-_GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
-                 ("grpc.so_reuseport", 0)]
 
 
 @dataclass
@@ -52,6 +37,8 @@ class ServerOptions:
 
     Ports: ``0`` picks a free port (read it back from :class:`ModelServer`); ``rest_api_port=-1``
     disables REST. ``file_system_poll_wait_seconds <= 0`` loads once and never polls again.
+    ``model_config_file``: re-read every ``model_config_file_poll_wait_seconds`` (> 0) so models and
+    labels can change without a restart; ``models`` is what it held at start.
     """
 
     models: list[ModelSource]
@@ -63,146 +50,18 @@ class ServerOptions:
     batching: BatchingOptions = field(default_factory=BatchingOptions)
     limits: RequestLimits = field(default_factory=RequestLimits)
     grpc_max_threads: int = 64
+    model_config_file: Path | None = None
+    model_config_file_poll_wait_seconds: float = 0.0
+    enable_model_warmup: bool = True
+    monitoring: MonitoringOptions = field(default_factory=MonitoringOptions)
+    ssl: SslOptions | None = None
 
     def get_config(self) -> dict[str, Any]:
         config = asdict(self)
-        config["models"] = [{"name": m.name, "base_path": str(m.base_path), "policy": str(m.policy)}
-                            for m in self.models]
+        config["models"] = [{"name": m.name, "base_path": str(m.base_path), "policy": str(m.policy),
+                             "labels": dict(m.labels)} for m in self.models]
+        config["ssl"] = None if self.ssl is None else {"client_verify": self.ssl.client_verify}
         return config
-
-
-class ServingCore:
-    """What both front ends share: find the version and signature, validate, (batch and) run."""
-
-    def __init__(self, manager: ModelManager, batcher: BatchScheduler | None = None) -> None:
-        self.manager = manager
-        self.batcher = batcher
-
-    def runner(self, model: str, version: int | None, signature: str) -> tuple[Servable, SignatureRunner]:
-        servable = self.manager.get(model, version)
-        return servable, servable.runner(signature)
-
-    def predict(self, model: str, version: int | None, signature: str, inputs: Mapping[str, np.ndarray],
-                output_filter: Sequence[str] = ()) -> tuple[Servable, str, dict[str, np.ndarray]]:
-        """(version served, signature name, outputs) for one request; raises :class:`ServingError`."""
-        servable, runner = self.runner(model, version, signature)
-        unknown = [name for name in output_filter if name not in runner.outputs]
-        if unknown:
-            raise ServingError(StatusCode.INVALID_ARGUMENT, (
-                f"output tensor alias not found in signature: {', '.join(unknown)}; signature "
-                f"'{runner.name}' has outputs {sorted(runner.outputs)}"))
-        size = runner.validate(inputs)
-        if self.batcher is not None:
-            outputs = self.batcher.run(runner, inputs, size)
-        else:
-            outputs = runner.run(inputs)
-        if output_filter:
-            outputs = {name: outputs[name] for name in output_filter}
-        return servable, runner.name, outputs
-
-
-def _version(spec: Any) -> int | None:
-    if spec.version_label:
-        raise ServingError(StatusCode.INVALID_ARGUMENT, (
-            f"Unrecognized servable version label: {spec.version_label} (labels are not configured here)"))
-    return spec.version.value if spec.HasField("version") else None
-
-
-def _abort(context: grpc.ServicerContext, exc: ServingError) -> None:
-    context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN), exc.message)
-
-
-def tensor_to_array(name: str, proto: Any) -> np.ndarray:
-    try:
-        return tensor_proto_to_array(proto)
-    except Exception as exc:  # noqa: BLE001 - any malformed TensorProto is the caller's fault
-        raise ServingError(StatusCode.INVALID_ARGUMENT, f"input '{name}' is not a valid TensorProto: {exc}") from None
-
-
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata."""
-
-    def __init__(self, core: ServingCore) -> None:
-        self.core = core
-
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        try:
-            spec = request.model_spec
-            inputs = {name: tensor_to_array(name, proto) for name, proto in request.inputs.items()}
-            servable, signature, outputs = self.core.predict(
-                spec.name, _version(spec), spec.signature_name, inputs, list(request.output_filter))
-        except ServingError as exc:
-            _abort(context, exc)
-            return None
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = signature
-        for name, value in outputs.items():
-            response.outputs[name].CopyFrom(array_to_tensor_proto(value))
-        return response
-
-    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        try:
-            return model_metadata(self.core.manager, request)
-        except ServingError as exc:
-            _abort(context, exc)
-            return None
-
-
-def model_metadata(manager: ModelManager, request: Any) -> get_model_metadata_pb2.GetModelMetadataResponse:
-    """TF Serving's GetModelMetadata: the version's SignatureDefMap packed in an ``Any``.
-
-    Extension: any other field ``F`` is answered with the version's ``assets.extra/F.json`` as a
-    ``google.protobuf.StringValue`` (``tfduch_metadata`` for tfduch exports). A real TF Serving answers
-    such fields with INVALID_ARGUMENT, as we do when the file is absent, so clients can fall back.
-    """
-    if not request.metadata_field:
-        raise ServingError(StatusCode.INVALID_ARGUMENT,
-                           "GetModelMetadataRequest must specify at least one metadata_field")
-    servable = manager.get(request.model_spec.name, _version(request.model_spec))
-    response = get_model_metadata_pb2.GetModelMetadataResponse()
-    response.model_spec.name = servable.name
-    response.model_spec.version.value = servable.version
-    for name in request.metadata_field:
-        if name == SIGNATURE_DEF_FIELD:
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for key, signature_def in servable.signature_defs.items():
-                signature_map.signature_def[key].CopyFrom(signature_def)
-            response.metadata[name].Pack(signature_map)
-        elif name in servable.extra_metadata:
-            response.metadata[name].Pack(wrappers_pb2.StringValue(value=servable.extra_metadata[name]))
-        else:
-            available = [SIGNATURE_DEF_FIELD, *sorted(servable.extra_metadata)]
-            raise ServingError(StatusCode.INVALID_ARGUMENT,
-                               f"Metadata field {name} is not supported (this model has: {', '.join(available)})")
-    return response
-
-
-def model_status(manager: ModelManager, request: Any) -> get_model_status_pb2.GetModelStatusResponse:
-    """TF Serving's GetModelStatus: state and load status of one or all versions, newest first."""
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for state in manager.status(request.model_spec.name, _version(request.model_spec)):
-        entry = response.model_version_status.add()
-        entry.version = state.version
-        entry.state = _STATE_ENUM.Value(state.state)
-        entry.status.error_code = _ERROR_CODE_ENUM.values_by_name[state.error_code].number
-        entry.status.error_message = state.error_message
-    return response
-
-
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """``tensorflow.serving.ModelService``: GetModelStatus (config reloads are not supported)."""
-
-    def __init__(self, core: ServingCore) -> None:
-        self.core = core
-
-    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        try:
-            return model_status(self.core.manager, request)
-        except ServingError as exc:
-            _abort(context, exc)
-            return None
 
 
 class ModelServer:
@@ -215,58 +74,95 @@ class ModelServer:
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.manager = ModelManager(options.models, options.file_system_poll_wait_seconds, options.limits)
+        # Counted only when served (--monitoring_config_file with enable: true): no cost otherwise.
+        self.metrics = ServingMetrics() if options.monitoring.enable else None
+        self.manager = ModelManager(options.models, options.file_system_poll_wait_seconds, options.limits,
+                                    on_load=replay_warmup if options.enable_model_warmup else None)
         self.batcher: BatchScheduler | None = None
-        self.core = ServingCore(self.manager)
+        self.core = ServingCore(self.manager, metrics=self.metrics)
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self._grpc: grpc.Server | None = None
         self._rest: Any = None
         self._stopped = threading.Event()
+        self._config_stop = threading.Event()
+        self._config_thread: threading.Thread | None = None
+        self._config_text: str | None = None
 
     @property
     def grpc_address(self) -> str:
         return f"{self.options.host}:{self.grpc_port}"
 
     def start(self) -> ModelServer:
-        """Load the current versions, then listen; returns once both front ends accept requests."""
+        """Load (and warm up) the current versions, then listen; returns once both front ends accept requests."""
         self.manager.start()
         for source in self.options.models:
             if not self.manager.loaded_versions(source.name):
                 log.warning("model %s: no loadable version under %s yet; polling", source.name, source.base_path)
         if self.options.enable_batching:
-            self.batcher = self.core.batcher = BatchScheduler(self.options.batching)
+            self.batcher = self.core.batcher = BatchScheduler(self.options.batching, on_batch=self._batch_metric)
         try:
-            self._start_grpc()
+            self._grpc, self.grpc_port = start_grpc_server(
+                self.core, f"{self.options.host}:{self.options.port}", self.options.grpc_max_threads,
+                self.options.ssl)
             if self.options.rest_api_port >= 0:
                 from tfduch.serving.rest import RestServer
 
-                self._rest = RestServer(self.core, self.options.host, self.options.rest_api_port).start()
+                self._rest = RestServer(self.core, self.options.host, self.options.rest_api_port, self.metrics,
+                                        self.options.monitoring).start()
                 self.rest_port = self._rest.port
                 log.info("REST API listening on http://%s:%d/v1/models/...", self.options.host, self.rest_port)
         except BaseException:
             self.stop(grace=None)
             raise
+        self._start_config_polling()
         return self
 
-    def _start_grpc(self) -> None:
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.options.grpc_max_threads,
-                                                            thread_name_prefix="tfduch-grpc"),
-                                 options=_GRPC_OPTIONS)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.core), self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.core), self._grpc)
-        address = f"{self.options.host}:{self.options.port}"
+    def _batch_metric(self, runner: SignatureRunner, size: int) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_batch(runner.model, str(runner.version), runner.name, size)
+
+    # -- --model_config_file re-reading --------------------------------------------------------------
+    def _start_config_polling(self) -> None:
+        path, wait = self.options.model_config_file, self.options.model_config_file_poll_wait_seconds
+        if path is None or wait <= 0:
+            return
+        self._config_text = _read_text(path)
+        self._config_thread = threading.Thread(target=self._poll_config, args=(path, wait),
+                                               name="tfduch-config-poller", daemon=True)
+        self._config_thread.start()
+
+    def _poll_config(self, path: Path, wait: float) -> None:
+        while not self._config_stop.wait(wait):
+            self.reload_config()
+
+    def reload_config(self) -> bool:
+        """Re-read ``--model_config_file``; apply it if it changed. A broken file is logged and the
+        current config keeps serving (as TF Serving). Returns whether a new config was applied."""
+        path = self.options.model_config_file
+        if path is None:
+            return False
+        text = _read_text(path)
+        if text is None or text == self._config_text:
+            return False
         try:
-            self.grpc_port = self._grpc.add_insecure_port(address)
-        except RuntimeError as exc:  # grpc raises when the port is taken
-            raise OSError(f"cannot bind gRPC to {address} (port in use?): {exc}") from None
-        if not self.grpc_port:
-            raise OSError(f"cannot bind gRPC to {address} (port in use?)")
-        self._grpc.start()
-        log.info("gRPC (PredictionService, ModelService) listening on %s", self.grpc_address)
+            sources = read_model_config_file(path)
+        except ConfigError as exc:
+            log.error("model config file %s not applied (keeping the current one): %s", path, exc)
+            self._config_text = text  # log once per change
+            return False
+        self._config_text = text
+        log.info("model config file %s changed: serving %s", path, ", ".join(s.name for s in sources))
+        self.manager.update_sources(sources)
+        self.options.models = sources
+        return True
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop accepting requests, let in-flight ones finish (up to ``grace`` s), stop polling."""
+        self._config_stop.set()
+        if self._config_thread is not None:
+            self._config_thread.join(timeout=30)
+            self._config_thread = None
         if self._rest is not None:
             self._rest.stop()
             self._rest = None
@@ -292,6 +188,14 @@ class ModelServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        log.error("cannot read model config file %s: %s", path, exc)
+        return None
 
 
 def single_model_options(model_name: str, base_path: str | Path, **kwargs: Any) -> ServerOptions:

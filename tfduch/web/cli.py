@@ -15,7 +15,9 @@ examples:
   tfduch web --index milvus://localhost:19530/archive   # an archive indexed into Milvus
 
 The page sends each query to the model that built the index and shows the top-k images with their
-Hamming distance and class; clicking an image lists the captions nearest to it. The server binds to
+Hamming distance and class; clicking an image lists the captions nearest to it. For a geo archive
+(encode-archive --scenes) it also shows the result footprints on a map; drawing a box filters by area.
+Served by uvicorn (FastAPI); the JSON API is described at /openapi.json and /docs. The server binds to
 the loopback interface unless --host says otherwise: it has no authentication.
 """
 
@@ -35,7 +37,8 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     index = open_location(args.index, args)  # an index file, a shard set or an archive in Milvus
     encoder = query_encoder(args, index.metadata.get("model"))
-    app = SearchApp(index, encoder, max_query_chars=args.max_query_chars, max_k=args.max_k)
+    app = SearchApp(index, encoder, max_query_chars=args.max_query_chars, max_k=args.max_k, index_path=args.index,
+                    basemap=args.basemap)
     print("warming up the text encoder …", file=sys.stderr)
     encoder.encode_texts(["warm up"])
     server = serve(app, args.host, args.port)
@@ -69,6 +72,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-k", type=int, default=100, help="most results a query may ask for (default 100)")
     p.add_argument("--max-query-chars", type=int, default=300,
                    help="longer queries are cut to this many characters, and the page says so (default 300)")
+    p.add_argument("--basemap", metavar="URL",
+                   help="online base map tile URL for the geo map, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png "
+                   "(default: none, the page loads nothing from the internet)")
     from tfduch.index.cli import add_milvus_args
 
     add_milvus_args(p)

@@ -1,7 +1,94 @@
 // Archive search page: text box -> /api/search -> thumbnail grid; click a thumbnail -> /api/captions.
+// Geo archives: result footprints on a Leaflet map (vendored, no internet), footprint <-> card highlight,
+// and a box drawn on the map restricts the search to that area (bbox=minlon,minlat,maxlon,maxlat).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const geo = { map: null, layer: null, box: null, bbox: null, drawing: false, polygons: new Map() };
+
+function highlight(id, fromMap) {
+  for (const el of document.querySelectorAll(".result.selected")) el.classList.remove("selected");
+  for (const [pid, poly] of geo.polygons) {
+    poly.setStyle(pid === id ? { color: "#d7301f", weight: 3, fillOpacity: 0.35 }
+                             : { color: "#2c7fb8", weight: 1, fillOpacity: 0.15 });
+    if (pid === id) poly.bringToFront();
+  }
+  const fig = document.querySelector(`.result[data-id="${id}"]`);
+  if (fig) {
+    fig.classList.add("selected");
+    if (fromMap) fig.scrollIntoView({ block: "nearest" });
+  }
+}
+
+function drawFootprints(results) {
+  if (!geo.map) return;
+  geo.layer.clearLayers();
+  geo.polygons.clear();
+  const all = [];
+  for (const hit of results) {
+    if (!hit.footprint) continue;
+    const latlngs = hit.footprint.map(([lon, lat]) => [lat, lon]);
+    const poly = L.polygon(latlngs, { color: "#2c7fb8", weight: 1, fillOpacity: 0.15 });
+    poly.bindTooltip(`#${hit.rank} d=${hit.distance} · ${hit.scene_id ?? ""}`);
+    poly.on("click", () => highlight(hit.id, true));
+    poly.addTo(geo.layer);
+    geo.polygons.set(hit.id, poly);
+    all.push(...latlngs);
+  }
+  if (all.length) geo.map.fitBounds(L.latLngBounds(all).pad(0.1));
+}
+
+function setBox(bounds) {
+  if (geo.box) geo.box.remove();
+  geo.box = null;
+  geo.bbox = null;
+  if (bounds) {
+    geo.box = L.rectangle(bounds, { color: "#31a354", weight: 2, fill: false, dashArray: "6 4" }).addTo(geo.map);
+    const f = (v) => v.toFixed(6);
+    geo.bbox = [bounds.getWest(), bounds.getSouth(), bounds.getEast(), bounds.getNorth()].map(f).join(",");
+  }
+  $("clear-box").disabled = !geo.bbox;
+  $("bbox-text").textContent = geo.bbox ? `area filter: ${geo.bbox}` : "no area filter: the whole archive is searched";
+}
+
+function initMap(info) {
+  $("map-panel").hidden = false;
+  geo.map = L.map("map", { zoomControl: true, attributionControl: Boolean(info.basemap) });
+  if (info.basemap) L.tileLayer(info.basemap, { maxZoom: 22, attribution: "base map: " + info.basemap }).addTo(geo.map);
+  geo.layer = L.featureGroup().addTo(geo.map);
+  geo.map.setView([0, 0], 2);
+  let start = null;
+  let preview = null;
+  geo.map.on("mousedown", (e) => {
+    if (!geo.drawing) return;
+    start = e.latlng;
+    geo.map.dragging.disable();
+  });
+  geo.map.on("mousemove", (e) => {
+    if (!geo.drawing || !start) return;
+    if (preview) preview.remove();
+    preview = L.rectangle(L.latLngBounds(start, e.latlng), { color: "#31a354", weight: 1 }).addTo(geo.map);
+  });
+  geo.map.on("mouseup", (e) => {
+    if (!geo.drawing || !start) return;
+    if (preview) preview.remove();
+    preview = null;
+    const bounds = L.latLngBounds(start, e.latlng);
+    start = null;
+    geo.drawing = false;
+    geo.map.dragging.enable();
+    $("draw-box").setAttribute("aria-pressed", "false");
+    $("map").classList.remove("drawing");
+    setBox(bounds);
+    if ($("query").value.trim()) search();
+  });
+  $("draw-box").addEventListener("click", () => {
+    geo.drawing = !geo.drawing;
+    $("draw-box").setAttribute("aria-pressed", String(geo.drawing));
+    $("map").classList.toggle("drawing", geo.drawing);
+  });
+  $("clear-box").addEventListener("click", () => { setBox(null); if ($("query").value.trim()) search(); });
+}
 
 function setStatus(text, isError) {
   const el = $("status");
@@ -33,11 +120,11 @@ function card(hit) {
   dist.textContent = `d=${hit.distance}`;
   const cls = document.createElement("span");
   cls.className = "class";
-  cls.textContent = hit.class ?? "?";
+  cls.textContent = hit.class ?? hit.scene_id ?? "?";
   cap.append(`#${hit.rank} `, cls, " ", dist);
   fig.append(img, cap);
   fig.title = hit.caption || hit.name || "";
-  fig.addEventListener("click", () => showCaptions(hit));
+  fig.addEventListener("click", () => { highlight(hit.id, false); showCaptions(hit); });
   fig.addEventListener("keydown", (e) => { if (e.key === "Enter") showCaptions(hit); });
   return fig;
 }
@@ -54,10 +141,13 @@ async function search(event) {
   }
   setStatus("searching…");
   try {
-    const res = await getJSON(`/api/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`);
+    const area = geo.bbox ? `&bbox=${encodeURIComponent(geo.bbox)}` : "";
+    const res = await getJSON(`/api/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}${area}`);
     grid.replaceChildren(...res.results.map(card));
+    drawFootprints(res.results);
     const notes = res.notices.length ? ` (${res.notices.join("; ")})` : "";
-    setStatus(`${res.results.length} images for “${res.query}” in ${res.ms} ms${notes}`, false);
+    const where = geo.bbox ? " in the area" : "";
+    setStatus(`${res.results.length} images for “${res.query}”${where} in ${res.ms} ms${notes}`, false);
   } catch (err) {
     grid.replaceChildren();
     setStatus(err.message, true);
@@ -67,7 +157,7 @@ async function search(event) {
 async function showCaptions(hit) {
   const panel = $("captions");
   panel.hidden = false;
-  $("captions-title").textContent = `${hit.class ?? "image"} · ${hit.name || hit.id}`;
+  $("captions-title").textContent = `${hit.class ?? (hit.scene_id ? "tile" : "image")} · ${hit.name || hit.id}`;
   $("captions-image").src = hit.thumb;
   const list = $("captions-list");
   list.replaceChildren();
@@ -98,6 +188,7 @@ async function init() {
     $("query").maxLength = info.max_query_chars * 4; // the server cuts to max_query_chars and says so
     $("info").textContent = `${info.counts.image ?? 0} images, ${info.counts.text ?? 0} captions · ` +
       `${info.bits}-bit codes · model ${info.model_id ?? "unknown"}`;
+    if (info.geo && window.L) initMap(info);
   } catch (err) {
     $("info").textContent = `cannot read the index: ${err.message}`;
   }
