@@ -462,6 +462,23 @@ class MilvusCollection:
             self.collection, filter=expr, output_fields=["id"], consistency_level=self._level), self._reload)
         return sorted(int(r["id"]) for r in rows)
 
+    @property
+    def ids(self) -> np.ndarray:
+        """Every live id, sorted (the file index's ``ids``): a full scan of the id column — for small archives
+        and the web page's geo check; large archives should filter in Milvus instead."""
+        found: list[int] = []
+
+        def scan(c: Any) -> None:
+            it = c.query_iterator(self.collection, batch_size=16384, filter="id >= 0", output_fields=["id"])
+            try:
+                while rows := it.next():
+                    found.extend(int(r["id"]) for r in rows)
+            finally:
+                it.close()
+
+        self._client.call(f"listing the ids of {self.collection}", scan)
+        return np.array(sorted(found), np.int64)
+
     def compact(self) -> None:
         """Nothing to do: Milvus compacts deleted rows itself."""
 
