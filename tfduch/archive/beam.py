@@ -297,7 +297,7 @@ class EncodeResult:
 
 def _shard_ok(folder: str, index: int, count: int, model_id: str, digest: str) -> bool:
     path = fmt.join(folder, fmt.shard_name(index, count))
-    if not fmt._exists(path) or not fmt._exists(fmt.join(folder, fmt.dead_letter_name(index, count))):
+    if not fmt.file_exists(path) or not fmt.file_exists(fmt.join(folder, fmt.dead_letter_name(index, count))):
         return False
     try:
         meta = fmt.read_shard_meta(path)
@@ -312,9 +312,9 @@ def _check_manifest(folder: str, manifest: dict[str, Any]) -> None:
     try:
         old = fmt.read_manifest(folder)
     except fmt.ShardError:
-        if fmt._exists(fmt.join(folder, fmt.MANIFEST_NAME)):
+        if fmt.file_exists(fmt.join(folder, fmt.MANIFEST_NAME)):
             raise
-        if not fmt._remote(folder) and any(Path(folder).glob("codes-*-of-*.npz")):
+        if not fmt.is_remote(folder) and any(Path(folder).glob("codes-*-of-*.npz")):
             raise fmt.ShardError(f"{folder} holds code shards but no manifest: use an empty or new folder") from None
         return
     for key, what in (("model_id", "model"), ("bits", "code length"), ("inputs_sha256", "input file list"),
@@ -333,7 +333,7 @@ def _progress(folder: str, num_shards: int, pending: dict[int, int], done_before
     start = time.monotonic()
     total = sum(pending.values())
     while not stop.wait(interval):
-        done = [i for i in pending if fmt._exists(fmt.join(folder, fmt.shard_name(i, num_shards)))]
+        done = [i for i in pending if fmt.file_exists(fmt.join(folder, fmt.shard_name(i, num_shards)))]
         items = sum(pending[i] for i in done)
         elapsed = time.monotonic() - start
         rate = items / elapsed
@@ -386,14 +386,14 @@ def encode_archive(patterns: Sequence[str], out: str, spec: EncoderSpec, *, shar
         jobs = [None] * len(paths)
     ranges = partition(len(paths), num_shards)
     digests = [fmt.inputs_digest(paths[a:b]) for a, b in ranges]
-    out = str(out) if fmt._remote(str(out)) else str(Path(out).resolve())
+    out = str(out) if fmt.is_remote(str(out)) else str(Path(out).resolve())
     manifest = {"status": "running", "bits": bits, "packed_bytes": bits // 8, "model_id": model_id, "model": meta,
                 "input_glob": list(patterns), "num_files": len(paths), "inputs_sha256": fmt.inputs_digest(paths),
                 "num_shards": num_shards, "captions": captions,
                 **({"geo": tiles.describe(), "geo_recipe": {"recipe": tiles.recipe.describe(),
                                                             "tiling": vars(tiles.spec).copy()}} if tiles else {}),
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if not fmt._remote(out):
+    if not fmt.is_remote(out):
         Path(out).mkdir(parents=True, exist_ok=True)
     _check_manifest(out, manifest)
     try:

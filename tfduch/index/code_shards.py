@@ -37,8 +37,8 @@ import numpy as np
 from tfduch.errors import DataError
 from tfduch.io import atomic_write_bytes, json_default
 
-__all__ = ["DEAD_LETTER_NAME", "MANIFEST_NAME", "SHARD_NAME", "Shard", "ShardError", "dead_letter_name",
-           "inputs_digest", "iter_shards", "join", "read_dead_letters", "read_manifest", "read_shard",
+__all__ = ["DEAD_LETTER_NAME", "MANIFEST_NAME", "SHARD_NAME", "Shard", "ShardError", "dead_letter_name", "file_exists",
+           "inputs_digest", "is_remote", "iter_shards", "join", "read_dead_letters", "read_manifest", "read_shard",
            "read_shard_meta", "shard_name", "write_manifest", "write_shard"]
 
 MANIFEST_NAME = "manifest.json"
@@ -61,14 +61,15 @@ def dead_letter_name(index: int, count: int) -> str:
     return DEAD_LETTER_NAME.format(index=index, count=count)
 
 
-def _remote(path: str) -> bool:
+def is_remote(path: str) -> bool:
+    """Whether ``path`` is a URI (``gs://``, ``s3://``, ...) that goes through Beam's FileSystems."""
     return "://" in str(path)
 
 
 def join(folder: str | Path, name: str) -> str:
     """``folder/name`` for local folders and URIs alike."""
     folder = str(folder)
-    return f"{folder.rstrip('/')}/{name}" if _remote(folder) else str(Path(folder) / name)
+    return f"{folder.rstrip('/')}/{name}" if is_remote(folder) else str(Path(folder) / name)
 
 
 def inputs_digest(paths: Sequence[str]) -> str:
@@ -80,7 +81,7 @@ def inputs_digest(paths: Sequence[str]) -> str:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    if not _remote(path):
+    if not is_remote(path):
         atomic_write_bytes(path, data)
         return
     from apache_beam.io.filesystems import FileSystems
@@ -94,7 +95,7 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 def _read_bytes(path: str) -> bytes:
-    if not _remote(path):
+    if not is_remote(path):
         return Path(path).read_bytes()
     from apache_beam.io.filesystems import FileSystems
 
@@ -102,8 +103,8 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _exists(path: str) -> bool:
-    if not _remote(path):
+def file_exists(path: str) -> bool:
+    if not is_remote(path):
         return Path(path).is_file()
     from apache_beam.io.filesystems import FileSystems
 
@@ -173,7 +174,7 @@ def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The folder's manifest (``bits``, ``model_id``, ``model``, ``num_shards``, ``input_glob``, ``status``, ...)."""
     path = join(folder, MANIFEST_NAME)
-    if not _exists(path):
+    if not file_exists(path):
         raise ShardError(f"no {MANIFEST_NAME} in {folder}: not a shard folder written by tfduch encode-archive")
     try:
         manifest = json.loads(_read_bytes(path).decode("utf-8"))
@@ -208,14 +209,14 @@ def iter_shards(folder: str | Path, require_complete: bool = True) -> Iterator[S
     manifest = read_manifest(folder)
     count = int(manifest["num_shards"])
     if require_complete:
-        missing = [i for i in range(count) if not _exists(join(folder, shard_name(i, count)))]
+        missing = [i for i in range(count) if not file_exists(join(folder, shard_name(i, count)))]
         if missing:
             raise ShardError(f"{folder}: {len(missing)} of {count} shards are missing (first: "
                              f"{shard_name(missing[0], count)}); re-run the same tfduch encode-archive command "
                              "to finish it")
     for i in range(count):
         path = join(folder, shard_name(i, count))
-        if not _exists(path):
+        if not file_exists(path):
             continue
         packed, paths, payloads = read_shard(path)
         yield Shard(i, count, path, packed, paths, payloads)
