@@ -149,3 +149,22 @@ def edge_export(tmp_path_factory, tiny_run, tiny_encoders):
                             check_images=8, min_bit_agreement={"float32": 0.99, "int8": 0.5}, progress=False)
     path = export_model(tiny_run, base, "edge", encoders=tiny_encoders, tflite=options)
     return base, path
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """ONE embedded Milvus server (the ``milvus`` package) for the whole session, stopped at its end.
+
+    Skips, saying why, where the optional ``milvus`` extra (pymilvus + milvus) is not installed.
+    """
+    try:
+        import milvus  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"the milvus extra is not installed ({exc}): pip install '.[milvus]' && "
+                    "pip install --no-deps milvus==2.3.5")
+    from tfduch.index.milvus import EmbeddedMilvus
+
+    server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus-server")).start()
+    yield server
+    server.stop()

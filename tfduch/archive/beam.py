@@ -354,12 +354,16 @@ def pipeline_options(runner: str = "DirectRunner", num_workers: int = 1, direct_
 def encode_archive(patterns: Sequence[str], out: str, spec: EncoderSpec, *, shards: int | None = None,
                    shard_size: int = 1000, batch_size: int = 32, captions: str | None = None,
                    options: PipelineOptions | None = None, progress_interval: float = 10.0,
-                   log: Callable[[str], None] = print, tiles: Any = None) -> EncodeResult:
+                   log: Callable[[str], None] = print, tiles: Any = None, milvus: Any = None,
+                   milvus_batch: int = 1000, milvus_overwrite: bool = False) -> EncodeResult:
     """Encode every file matching ``patterns`` into code shards under ``out``; resumes a previous run.
 
     ``spec`` is opened once here (for bits / model id) and once per worker process by ``RunInference``.
     ``tiles`` (a :class:`tfduch.geo.tiler.TilePlan`): encode its planned scene tiles instead of files;
     ``patterns`` then only names the scene sources in the manifest.
+    ``milvus`` (a :class:`tfduch.index.milvus.MilvusTarget`) also upserts every shard's codes into that
+    archive's ``image`` collection (:mod:`tfduch.archive.milvus_sink`): shards encoded now and shards already
+    on disk, so a re-run completes an interrupted load without duplicates.
     """
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -403,7 +407,11 @@ def encode_archive(patterns: Sequence[str], out: str, spec: EncoderSpec, *, shar
     log(f"{len(paths)} files in {num_shards} shards → {out}: {len(skipped)} already done, {len(todo)} to encode "
         f"({bits}-bit model {model_id})")
     start = time.monotonic()
-    if todo:
+    if milvus is not None:
+        from tfduch.archive import milvus_sink
+
+        milvus = milvus_sink.prepare_archive(milvus, meta, overwrite=milvus_overwrite)
+    if todo or (milvus is not None and skipped):
         elements = [(i, [(a + j, paths[a + j], classes[a + j], texts[a + j], jobs[a + j])
                          for j in range(ranges[i][1] - a)])
                     for i in todo for a in [ranges[i][0]]]
@@ -414,12 +422,20 @@ def encode_archive(patterns: Sequence[str], out: str, spec: EncoderSpec, *, shar
         watcher.start()
         try:
             with beam.Pipeline(options=options or pipeline_options()) as p:
-                _ = (p
-                     | "Shards" >> beam.Create(elements, reshuffle=False)
-                     | "Spread" >> beam.Reshuffle()
-                     | "Read" >> beam.FlatMap(read_shard_items)
-                     | "Encode" >> RunInference(ArchiveModelHandler(spec, batch_size))
-                     | "Write" >> beam.ParDo(WriteShard(out, num_shards, model_id, bits)))
+                written = (p
+                           | "Shards" >> beam.Create(elements, reshuffle=False)
+                           | "Spread" >> beam.Reshuffle()
+                           | "Read" >> beam.FlatMap(read_shard_items)
+                           | "Encode" >> RunInference(ArchiveModelHandler(spec, batch_size))
+                           | "Write" >> beam.ParDo(WriteShard(out, num_shards, model_id, bits)))
+                if milvus is not None:
+                    from tfduch.archive import milvus_sink
+
+                    _ = ((written | "WrittenShard" >> beam.Map(lambda r: r["shard"]),
+                          p | "ShardsOnDisk" >> beam.Create(skipped))
+                         | "AllShards" >> beam.Flatten()
+                         | "ShardRecords" >> beam.FlatMap(lambda i: milvus_sink.shard_records(out, num_shards, i))
+                         | "Milvus" >> milvus_sink.WriteToMilvus(milvus, "image", milvus_batch))
         finally:
             stop.set()
             watcher.join()
@@ -437,6 +453,13 @@ def encode_archive(patterns: Sequence[str], out: str, spec: EncoderSpec, *, shar
             for record in fmt.read_dead_letters(out, i, num_shards):
                 kind = str(record.get("reason", "")).split(":", 1)[0]
                 reasons[kind] = reasons.get(kind, 0) + 1
+    if milvus is not None:
+        from tfduch.archive import milvus_sink
+
+        index = milvus_sink.finish_archive(milvus, len(paths))
+        manifest["milvus"] = {"location": index.target.location(), "uri": index.client.uri,
+                              "items": len(index.collection("image"))}
+        log(f"indexed {manifest['milvus']['items']} items into {manifest['milvus']['location']}")
     encoded_now = sum(ranges[i][1] - ranges[i][0] for i in todo)
     rate = encoded_now / seconds if todo and seconds > 0 else 0.0
     manifest.update(status="complete", items=items, dead_letters=dead, dead_letter_reasons=reasons,

@@ -73,6 +73,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from tfduch.geo.options import add_geo_args
 
     add_geo_args(p)
+    p.add_argument("--milvus", metavar="LOCATION",
+                   help="also upsert the codes into an archive in Milvus (milvus://HOST:PORT/NAME or "
+                        "milvus://local/NAME): encode and index in one job; a re-run finishes an interrupted load")
+    p.add_argument("--milvus-batch", type=int, default=1000, metavar="N", help="rows per Milvus upsert (default 1000)")
+    p.add_argument("--milvus-overwrite", action="store_true", help="drop an existing Milvus archive of that name first")
+    from tfduch.index.cli import add_milvus_args
+
+    add_milvus_args(p)
     p.add_argument("beam_args", nargs="*", metavar="-- BEAM_FLAGS",
                    help="everything after -- is passed to Beam unchanged (e.g. -- --project=P --region=R)")
     p.set_defaults(func=cmd_encode_archive)
@@ -111,10 +119,17 @@ def cmd_encode_archive(args: argparse.Namespace) -> int:
 
         tiles = plan(args.scenes, tile_spec_from_args(args), recipe_from_args(args), asset=args.asset,
                      thumbnails=args.thumbnails)
+    milvus = None
+    if args.milvus:
+        from tfduch.index.milvus import MilvusTarget
+
+        milvus = MilvusTarget.parse(args.milvus, uri=args.milvus_uri, token=args.milvus_token,
+                                    ca_pem=args.milvus_ca_pem)
     result = archive_beam.encode_archive(
         args.input or args.scenes, args.out, spec, shards=args.shards, shard_size=args.shard_size,
         batch_size=args.batch_size, captions=args.captions, options=options,
-        progress_interval=args.progress_interval, tiles=tiles)
+        progress_interval=args.progress_interval, tiles=tiles, milvus=milvus, milvus_batch=args.milvus_batch,
+        milvus_overwrite=args.milvus_overwrite)
     summary = {"out": result.folder, "shards": result.num_shards, "written": len(result.written),
                "skipped": len(result.skipped), "items": result.items, "dead_letters": result.dead,
                "seconds": round(result.seconds, 2), "items_per_second": round(result.items_per_second, 2),

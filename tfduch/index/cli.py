@@ -21,6 +21,8 @@ examples:
   tfduch index info --index ucm.tfidx
   tfduch index build --from-shards codes/ --out archive.tfidx                       # encode-archive output
   tfduch index build --from-shards codes/ --index-shards 4 --out archive.tfidx      # 4 shards, in parallel
+  tfduch index build --from-shards codes/ --out milvus://milvus.example:19530/archive  # into Milvus
+  tfduch search "a harbour" --index milvus://local/ucm                               # embedded Milvus
 
 An index file holds two collections: "image" (one item per image) and "text" (one item per caption,
 when the source has captions). It records the code length and the id of the model that encoded it and
@@ -97,6 +99,33 @@ def _backend_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+def add_milvus_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Milvus (index locations milvus://HOST:PORT/ARCHIVE or milvus://local/ARCHIVE)")
+    g.add_argument("--milvus-uri", metavar="URI", help="Milvus server, e.g. http://host:19530 or https://… "
+                   "(default: the location's host, $TFDUCH_MILVUS_URI, else the embedded server for milvus://local)")
+    g.add_argument("--milvus-token", metavar="TOKEN", help="user:password or API key of a secured Milvus "
+                   "(default $TFDUCH_MILVUS_TOKEN)")
+    g.add_argument("--milvus-ca-pem", metavar="PEM", help="CA certificate of a TLS Milvus server")
+
+
+def _milvus_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"uri": getattr(args, "milvus_uri", None), "token": getattr(args, "milvus_token", None),
+            "ca_pem": getattr(args, "milvus_ca_pem", None)}
+
+
+def open_location(location: Any, args: argparse.Namespace, verify: bool = True) -> Any:
+    """An index file, a shard set or an archive in Milvus (``milvus://…``), whichever ``location`` names."""
+    from tfduch.index.milvus import is_milvus_location
+
+    if is_milvus_location(location):
+        from tfduch.index.milvus import open_milvus
+
+        return open_milvus(location, **_milvus_options(args))
+    from tfduch.index.sharded import open_index
+
+    return open_index(location, verify=verify)
+
+
 def _print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, ensure_ascii=False, indent=1)
     sys.stdout.write("\n")
@@ -117,11 +146,14 @@ def print_hits(hits: list[Any], title: str) -> None:
               f"{_cell(text, 100)}")
 
 
-def _writable(path: Path) -> Any:
+def _writable(path: Path, args: argparse.Namespace) -> Any:
     """A single index to update; a shard set is refused up front (it is rebuilt, not edited)."""
+    from tfduch.index.milvus import is_milvus_location
     from tfduch.index.sharded import is_shard_set
     from tfduch.index.store import load_index
 
+    if is_milvus_location(path):
+        return open_location(path, args)
     if is_shard_set(path):
         raise TfduchError(f"{path} is a shard set (tfduch index build --index-shards): it is read-only; rebuild it "
                           "with tfduch index build --from-shards ... --overwrite")
@@ -131,9 +163,15 @@ def _writable(path: Path) -> Any:
 # ------------------------------------------------------------------------------------------ commands
 def cmd_build(args: argparse.Namespace) -> int:
     from tfduch.index.build import add_items, collect_items
+    from tfduch.index.milvus import is_milvus_location
     from tfduch.index.store import ArchiveIndex
 
-    if args.out.exists() and not args.overwrite:
+    milvus = is_milvus_location(args.out)
+    if milvus and args.index_shards != 1 and args.from_shards is None:
+        raise TfduchError("--index-shards needs --from-shards")
+    if not milvus and args.resume:
+        raise TfduchError("--resume applies to Milvus locations (milvus://…); a file index is written atomically")
+    if not milvus and args.out.exists() and not args.overwrite:
         raise TfduchError(f"{args.out} exists: pass --overwrite to replace it (or use `tfduch index add`)")
     if (args.images is None) == (args.from_shards is None):
         raise TfduchError("give one source: --images (files to encode) or --from-shards (a tfduch encode-archive "
@@ -146,24 +184,40 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise TfduchError("--images needs the model that encodes them: pass --run RUN_DIR or --export DIR")
     items = collect_items(args.images, args.captions, args.split, _split_file(args))
     encoder = query_encoder(args)
-    index = ArchiveIndex.create(encoder.metadata["bits"], encoder.metadata, args.backend,
-                                **_backend_params(args.param))
+    if milvus:
+        from tfduch.index.milvus import MilvusIndex, MilvusTarget
+
+        target = MilvusTarget.parse(args.out, **_milvus_options(args))
+        index = MilvusIndex.create(target, encoder.metadata["bits"], encoder.metadata, overwrite=args.overwrite,
+                                   resume=args.resume, **_backend_params(args.param))
+        args.backend = "milvus"
+    else:
+        index = ArchiveIndex.create(encoder.metadata["bits"], encoder.metadata, args.backend,
+                                    **_backend_params(args.param))
     ids = add_items(index, encoder, items, batch_size=args.batch_size, progress=not args.quiet,
                     on_error=args.on_error)
     index.save(args.out)
+    if milvus:
+        index.flush()  # seal the rows and wait for the code index
     _print_skipped(index, before=0)
     counts = ", ".join(f"{len(v)} {k} items" for k, v in ids.items())
-    print(f"indexed {counts} ({index.bits}-bit codes, backend {args.backend}, model {index.model_id}) → {args.out}")
+    where = index.target.location() if milvus else args.out
+    print(f"indexed {counts} ({index.bits}-bit codes, backend {args.backend}, model {index.model_id}) → {where}")
     return 0
 
 
 def _build_from_shards(args: argparse.Namespace) -> int:
     from tfduch.index.from_shards import build_from_shards
+    from tfduch.index.milvus import is_milvus_location
 
     spec = {"run": str(args.run)} if args.run is not None else {"export": str(args.export)} if args.export else None
+    milvus = None
+    if is_milvus_location(args.out):
+        milvus = {**_milvus_options(args), "overwrite": args.overwrite, "resume": args.resume}
+        args.backend = "milvus"
     result = build_from_shards(args.from_shards, args.out, index_shards=args.index_shards, workers=args.workers,
                                encoder_spec=spec, backend=args.backend, backend_params=_backend_params(args.param),
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, milvus=milvus)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     counts = ", ".join(f"{n} {k} items" for k, n in result.count.items())
@@ -184,7 +238,7 @@ def _print_skipped(index: Any, before: int) -> None:
 def cmd_add(args: argparse.Namespace) -> int:
     from tfduch.index.build import add_items, collect_items
 
-    index = _writable(args.index)
+    index = _writable(args.index, args)
     encoder = query_encoder(args, index.metadata.get("model"))
     index.check_compatible(encoder.metadata)
     items = collect_items(args.images, args.captions, args.split, _split_file(args))
@@ -200,9 +254,12 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    index = _writable(args.index)
+    index = _writable(args.index, args)
     removed = {args.collection: index.remove(args.collection, args.ids)}
-    if args.collection == "image" and not args.keep_captions and "text" in index.collections:
+    if hasattr(index, "remove_captions_of"):  # Milvus: captions are found by their image_id field
+        if args.collection == "image" and not args.keep_captions:
+            removed["text"] = index.remove_captions_of(args.ids)
+    elif args.collection == "image" and not args.keep_captions and "text" in index.collections:
         texts = index.collection("text")
         wanted = set(args.ids)
         live = np.flatnonzero(~texts.removed) if texts.removed is not None else np.arange(len(texts.ids))
@@ -218,9 +275,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from tfduch.index.sharded import open_index
-
-    info = open_index(args.index, verify=True).info()
+    info = open_location(args.index, args, verify=True).info()
     if args.json:
         _print_json(info)
         return 0
@@ -228,7 +283,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     source = model.get("source") or {}
     shard_set = info.get("shard_set")
     kind = f", a set of {shard_set['num_shards']} shards" if shard_set else ""
-    print(f"index      {args.index}  ({info.get('file', {}).get('bytes', 0) / 1e6:.2f} MB{kind}, checksum verified)")
+    if "server" in info:
+        print(f"index      {info['server']['location']}  (Milvus at {info['server']['uri']})")
+    else:
+        print(f"index      {args.index}  ({info.get('file', {}).get('bytes', 0) / 1e6:.2f} MB{kind}, "
+              "checksum verified)")
     print(f"codes      {info['bits']} bits, model {info.get('model_id')} ({model.get('method')}, "
           f"{source.get('kind')} {source.get('path')})")
     print(f"created    {info.get('created_at')}   updated {info.get('updated_at') or '-'}")
@@ -259,7 +318,6 @@ def _parse_codes(hexes: list[str], bits: int) -> np.ndarray:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from tfduch.index.searcher import Searcher
-    from tfduch.index.sharded import open_index
 
     texts = list(args.query)
     if args.queries is not None:
@@ -268,7 +326,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     kinds = sum(bool(x) for x in (texts, args.image, args.code))
     if kinds != 1:
         raise TfduchError("give one kind of query: text (QUERY / --queries), --image PATH, or --code HEX")
-    index = open_index(args.index)
+    index = open_location(args.index, args)
     target = args.target
     index.collection(target).check_k(args.k)
     area = args.bbox is not None or args.time is not None
@@ -336,22 +394,29 @@ def register(subparsers: Any) -> None:
                         "--out; tfduch search opens it like one index (default 1: one index file)")
     b.add_argument("--workers", type=int, metavar="N",
                    help="processes building the index shards (default: one per shard, at most the CPU count)")
-    b.add_argument("--out", required=True, type=Path, help="index file to write (e.g. archive.tfidx)")
+    b.add_argument("--out", required=True, type=Path,
+                   help="index file to write (e.g. archive.tfidx), or an archive in Milvus: milvus://HOST:PORT/NAME "
+                        "(milvus://local/NAME: embedded server; --param index_type=BIN_IVF_FLAT nlist=… nprobe=…)")
     b.add_argument("--backend", default="flat", choices=("flat", "mih", "hnsw", "ivf"),
                    help="search structure: flat = exact scan (default); ivf = approximate, >10x faster on "
                         "learned codes; hnsw = approximate graph; mih = exact multi-index hashing, fast only for "
                         "near-duplicate search (see docs/index.md)")
     b.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="backend parameter, e.g. --param nhash=4, --param ef_search=128, --param nprobe=32")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing index file")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index file (or Milvus archive)")
+    b.add_argument("--resume", action="store_true",
+                   help="Milvus: finish an interrupted build of the same archive and model (rows are upserted by "
+                        "id, so nothing is duplicated)")
+    add_milvus_args(b)
     b.set_defaults(func=cmd_build)
 
     a = sub.add_parser("add", help="encode more images (+ captions) into an existing index",
                        description="Append items without rebuilding; the index is rewritten atomically, so a "
                        "failure leaves it as it was. The model must be the one that built the index.")
-    a.add_argument("--index", required=True, type=Path, help="index file to update")
+    a.add_argument("--index", required=True, type=Path, help="index file (or milvus://…) to update")
     _model_args(a)
     _source_args(a)
+    add_milvus_args(a)
     a.set_defaults(func=cmd_add)
 
     r = sub.add_parser("remove", help="delete items by id",
@@ -363,6 +428,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--collection", default="image", choices=("image", "text"), help="collection of the ids")
     r.add_argument("--keep-captions", action="store_true", help="keep the captions of removed images")
     r.add_argument("--compact", action="store_true", help="rebuild the search structure without the removed items")
+    add_milvus_args(r)
     r.set_defaults(func=cmd_remove)
 
     i = sub.add_parser("info", help="print metadata, counts and backend of an index (verifies its checksums)",
@@ -370,6 +436,7 @@ def register(subparsers: Any) -> None:
                        "build times, after verifying the checksums of every section.")
     i.add_argument("--index", required=True, type=Path, help="index file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    add_milvus_args(i)
     i.set_defaults(func=cmd_info)
 
     s = subparsers.add_parser("search", help="search an index by text, image or code",
@@ -394,4 +461,5 @@ def register(subparsers: Any) -> None:
     s.add_argument("--time", metavar="FROM/TO",
                    help="only tiles acquired within FROM/TO (ISO 8601 dates or times; '..' = open end)")
     _model_args(s)
+    add_milvus_args(s)
     s.set_defaults(func=cmd_search)

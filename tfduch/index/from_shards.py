@@ -61,6 +61,7 @@ class _Job:
     params: dict[str, Any]
     encoder_spec: dict[str, str] | None
     batch_size: int
+    milvus: Any = None  # a MilvusTarget: write into that archive in Milvus instead of an index file
 
 
 def archive_model(manifest: dict[str, Any], folder: str | Path) -> dict[str, Any]:
@@ -123,11 +124,18 @@ def _build_shard(job: _Job, encoder: QueryEncoder | None = None) -> dict[str, An
         items += [SourceItem(p.get("path") or path, p.get("class"), tuple(p.get("captions") or ()) if encoder else (),
                              {k: v for k, v in p.items() if k not in _OWN_FIELDS} or None)
                   for path, p in zip(paths[a:b], payloads[a:b], strict=True)]
-    index = ArchiveIndex.create(job.model["bits"], job.model, job.backend, **job.params)
+    if job.milvus is not None:
+        from tfduch.index.milvus import open_milvus
+
+        index = open_milvus(job.milvus)
+    else:
+        index = ArchiveIndex.create(job.model["bits"], job.model, job.backend, **job.params)
     index.collection("image").next_id = job.lo  # empty collections: the first add takes the global ids
     index.collection("text").next_id = caption_start
     caption_codes = encode_captions(encoder, items, job.batch_size, False) if encoder is not None else None
     ids = add_encoded(index, items, np.concatenate(packed), caption_codes)
+    if job.milvus is not None:  # rows are upserted with their global ids: nothing to save, nothing to merge
+        return {"count": {name: len(ids.get(name, ())) for name in COLLECTIONS}}
     if job.num_shards > 1:
         index.metadata["shard"] = {"index": job.shard, "count": job.num_shards}
     path = index.save(job.out)
@@ -148,15 +156,27 @@ def _pool_map(fn: Any, jobs: Sequence[Any], workers: int) -> list[Any]:
 def build_from_shards(folder: str | Path, out: str | Path, *, index_shards: int = 1, workers: int | None = None,
                       encoder: QueryEncoder | None = None, encoder_spec: dict[str, str] | None = None,
                       backend: str = "flat", backend_params: dict[str, Any] | None = None,
-                      batch_size: int = 256) -> BuildResult:
+                      batch_size: int = 256, milvus: dict[str, Any] | None = None) -> BuildResult:
     """Index the archive folder ``folder`` into ``out`` (one file, or a shard set with ``index_shards > 1``).
 
     ``encoder`` (an object, used in this process only) or ``encoder_spec`` (``{"run": path}`` or
     ``{"export": path}``, opened by each worker) encodes the captions; with neither, images only.
     ``workers`` processes build the shards (default: one per shard, at most the CPU count).
+    ``out`` may be a Milvus location (``milvus://HOST:PORT/ARCHIVE``, :mod:`tfduch.index.milvus`; ``milvus``:
+    connection options, ``overwrite`` / ``resume``): the N jobs then upsert their id ranges into the
+    archive's collections in parallel, and a re-run with ``resume`` finishes an interrupted load without
+    duplicates (same ids, upserts).
     """
     from tfduch.index.code_shards import iter_shards, join, read_manifest, shard_name
+    from tfduch.index.milvus import is_milvus_location
 
+    mtarget = None
+    if is_milvus_location(out):
+        from tfduch.index.milvus import MilvusTarget
+
+        options = dict(milvus or {})
+        create = {k: options.pop(k) for k in ("overwrite", "resume") if k in options}
+        mtarget = MilvusTarget.parse(out, **options)
     folder, out = str(folder), Path(out)
     manifest = read_manifest(folder)
     if manifest.get("status", "complete") != "complete":
@@ -200,6 +220,25 @@ def build_from_shards(folder: str | Path, out: str | Path, *, index_shards: int 
         jobs.append(_Job(j, index_shards, str(target), lo, hi, tuple((files[i], int(first[i])) for i in overlap),
                          int(first_caption[overlap[0]]), model, backend, dict(backend_params or {}), encoder_spec,
                          batch_size))
+    if mtarget is not None:
+        from dataclasses import replace
+
+        from tfduch.index.milvus import MilvusIndex
+
+        index = MilvusIndex.create(mtarget, int(model["bits"]), model, **create, **dict(backend_params or {}))
+        mtarget = replace(index.target, uri=index.client.uri)  # workers connect to the server this process found
+        jobs = [replace(job, milvus=mtarget) for job in jobs]
+        if encoder is not None:
+            written = [_build_shard(job, encoder) for job in jobs]
+        else:
+            written = _pool_map(_build_shard, jobs, workers)
+        index = MilvusIndex.create(mtarget, int(model["bits"]), model, resume=True)  # reopen: record the next ids
+        for name in index.collections:
+            index.collection(name).next_id = sum(w["count"][name] for w in written)
+        index.save()
+        index.flush()
+        count = {name: sum(w["count"][name] for w in written) for name in COLLECTIONS}
+        return BuildResult(Path(mtarget.location()), index_shards, count, model["model_id"], notes)
     stale = set(shard_set_files(out))  # an earlier set at ``out``: its files go once the new one is written
     if encoder is not None:
         written = [_build_shard(job, encoder) for job in jobs]

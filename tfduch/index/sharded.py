@@ -284,7 +284,14 @@ def _check_shard(path: Path, file: Path, shard: ArchiveIndex, meta: dict[str, An
 
 def open_index(path: str | os.PathLike[str], *, model: dict[str, Any] | None = None, mmap: bool = True,
                verify: bool = True) -> ArchiveIndex:
-    """A single index file or a shard set, whichever ``path`` is (both answer the same search API)."""
+    """A single index file, a shard set or an archive in Milvus (``milvus://HOST:PORT/ARCHIVE``, connection
+    options from ``$TFDUCH_MILVUS_URI`` / ``$TFDUCH_MILVUS_TOKEN``), whichever ``path`` is (one search API)."""
+    from tfduch.index.milvus import is_milvus_location
+
+    if is_milvus_location(path):
+        from tfduch.index.milvus import open_milvus
+
+        return open_milvus(path, model=model)
     if is_shard_set(path):
         return ShardedIndex.load(path, model=model, mmap=mmap, verify=verify)
     return load_index(path, model=model, mmap=mmap, verify=verify)

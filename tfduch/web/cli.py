@@ -12,6 +12,7 @@ EPILOG = """\
 examples:
   tfduch web --index ucm.tfidx                      # model recorded in the index; http://127.0.0.1:8080
   tfduch web --index ucm.tfidx --export exports/tfduch --port 9000
+  tfduch web --index milvus://localhost:19530/archive   # an archive indexed into Milvus
 
 The page sends each query to the model that built the index and shows the top-k images with their
 Hamming distance and class; clicking an image lists the captions nearest to it. For a geo archive
@@ -31,11 +32,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from tfduch.index.cli import query_encoder
-    from tfduch.index.sharded import open_index
+    from tfduch.index.cli import open_location, query_encoder
     from tfduch.web.app import SearchApp, serve
 
-    index = open_index(args.index)  # a single index or a shard set
+    index = open_location(args.index, args)  # an index file, a shard set or an archive in Milvus
     encoder = query_encoder(args, index.metadata.get("model"))
     app = SearchApp(index, encoder, max_query_chars=args.max_query_chars, max_k=args.max_k, index_path=args.index,
                     basemap=args.basemap)
@@ -62,7 +62,8 @@ def register(subparsers: Any) -> None:
                               "a grid of the top-k thumbnails with distance and class, and the nearest captions "
                               "of a clicked image.", epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", required=True, type=Path, help="index file (tfduch index build)")
+    p.add_argument("--index", required=True, type=Path,
+                   help="index file (tfduch index build), shard set, or Milvus archive milvus://HOST:PORT/NAME")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--run", type=Path, help="trained run folder (default: the model recorded in the index)")
     g.add_argument("--export", type=Path, help="exported SavedModel (default: the model recorded in the index)")
@@ -74,4 +75,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--basemap", metavar="URL",
                    help="online base map tile URL for the geo map, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png "
                    "(default: none, the page loads nothing from the internet)")
+    from tfduch.index.cli import add_milvus_args
+
+    add_milvus_args(p)
     p.set_defaults(func=cmd_web)
