@@ -31,7 +31,8 @@ def test_ready_file_is_removed_on_stop(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(server_module, "ModelServer", StubServer)
     ready = tmp_path / "ready.json"
     stop = threading.Event()
-    options = SimpleNamespace(host="127.0.0.1", models=[], enable_batching=False)
+    options = SimpleNamespace(host="127.0.0.1", models=[], enable_batching=False, ssl=None,
+                              monitoring=SimpleNamespace(enable=False, path=""))
     thread = threading.Thread(target=run_server, args=(options, stop, ready))
     thread.start()
     deadline = time.time() + 10
