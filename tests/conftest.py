@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,12 @@ def tiny_encoders():
     from tfduch.export import Encoders
 
     return Encoders(tiny_image_encoder(), build_text_encoder(), "lite0", {})
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A run trained one epoch on random 1280-d / 384-d features (sized for the real encoders); read-only."""
+    return make_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="session")
@@ -290,3 +297,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.05)
+
+
+def run_in_threads(target: Callable[[int], Any], n: int) -> None:
+    """Call ``target(0)`` … ``target(n - 1)`` at once, one thread each (so a batcher sees them together); wait."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
