@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,6 +141,12 @@ def tiny_encoders():
 
 
 @pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A run trained one epoch on random 1280-d / 384-d features (sized for the real encoders); read-only."""
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     return make_tiny_run(tmp_path_factory.mktemp("tiny-run"))
 
@@ -168,3 +181,128 @@ def milvus_server(tmp_path_factory):
     server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus-server")).start()
     yield server
     server.stop()
+
+
+def fail_on_call(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, call: int, error: BaseException) -> Callable:
+    """Make ``owner.name`` raise ``error`` on its ``call``-th call (1-based) and pass through otherwise.
+
+    The Milvus tests use it to lose the connection part-way through a load; returns the real attribute so a test
+    can put it back with ``monkeypatch.setattr(owner, name, real)`` and resume.
+    """
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, flaky)
+    return real
+
+
+class PixelEncoder:
+    """16-bit codes from a 4x4 grid of mean intensities: deterministic, model-free, fast.
+
+    The archive tests (Beam pipelines, the Milvus sink, geo tiles) check bookkeeping, which does not depend on the
+    model; ``model_id`` tells runs of different "models" apart.
+    """
+
+    def __init__(self, model_id: str = "pixels-v1") -> None:
+        self.metadata = {"bits": 16, "model_id": model_id}
+
+    def encode_images(self, images: list[bytes]) -> np.ndarray:
+        from tfduch.data.images import load_image_bytes
+
+        rows = []
+        for data in images:
+            grey = load_image_bytes(data, size=(16, 16)).mean(axis=2)
+            cells = grey.reshape(4, 4, 4, 4).mean(axis=(1, 3)).ravel()
+            rows.append(np.where(cells >= np.median(cells), 1, -1))
+        return np.asarray(rows, np.int8).reshape(len(images), 16)
+
+
+def tiny_duch_config(output: str | Path, *, epochs: int = 3, batch_size: int = 64, **train: Any):
+    """A quick DUCH config (16 bits, 64 hidden units, lr 1e-3, silent); ``train`` overrides ``cfg.train`` fields."""
+    from tfduch.config import Config
+
+    cfg = Config(output_dir=str(output))
+    cfg.model.bits = 16
+    cfg.model.hidden_dim = 64
+    cfg.train.epochs = epochs
+    cfg.train.batch_size = batch_size
+    cfg.train.lr = 1e-3
+    cfg.train.verbose = "0"
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def cli_export(run: Path, base: Path, encoders: Any, *args: str) -> tuple[int, str, str]:
+    """``tfduch export --run RUN --base BASE ARGS`` in-process with ``encoders`` instead of building the real ones.
+
+    Returns (exit code, stdout, stderr).
+    """
+    from tfduch import cli
+    from tfduch.export import savedmodel
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setattr(savedmodel.Encoders, "build", classmethod(lambda cls, *a, **k: encoders))
+        code = cli.main(["export", "--run", str(run), "--base", str(base), *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def start_chromium(window_size: str, *flags: str):
+    """A headless Chromium WebDriver for the page tests, or a skip that says what to install."""
+    binary = shutil.which("chromium") or "/usr/bin/chromium"
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (Path(binary).exists() and Path(driver_path).exists()):
+        pytest.skip("headless Chromium test skipped: install it with `apt-get install -y chromium chromium-driver`")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.skip("headless Chromium test skipped: `pip install selenium` to drive Chromium")
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", *flags,
+                 f"--window-size={window_size}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+
+
+# ------------------------------------------------------------------------------ serving tests (toy SavedModels)
+def salted_hash_bits(salt: Any, text: Any, bits: int) -> Any:
+    """{0, 1} bits of a salted string hash, inside a toy SavedModel's ``encode_text`` (cheap, salt-dependent codes)."""
+    import tensorflow as tf
+
+    hashed = tf.strings.to_hash_bucket_fast(tf.strings.join([salt, text], "|"), 2**31 - 1)
+    return tf.bitwise.bitwise_and(tf.bitwise.right_shift(hashed[:, None], tf.range(bits, dtype=tf.int64)), 1)
+
+
+def install_version(source: Path, model_dir: Path, version: int) -> Path:
+    """Install a SavedModel version the way an atomic export does: copy to a temp name, then rename."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".tmp-{version}"
+    shutil.copytree(source, tmp)
+    return tmp.rename(model_dir / str(version))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def run_in_threads(target: Callable[[int], Any], n: int) -> None:
+    """Call ``target(0)`` … ``target(n - 1)`` at once, one thread each (so a batcher sees them together); wait."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PixelEncoder
 
 pytest.importorskip("apache_beam")
 
@@ -24,25 +25,8 @@ from tfduch.cli import main  # noqa: E402
 BAD = {"zero.png": b"", "notes.png": b"this is not an image\n"}
 
 
-class PixelEncoder:
-    """16-bit codes from a 4x4 grid of mean intensities: deterministic, model-free, fast."""
-
-    def __init__(self, model_id: str = "pixels-v1") -> None:
-        self.metadata = {"bits": 16, "model_id": model_id}
-
-    def encode_images(self, images: list[bytes]) -> np.ndarray:
-        from tfduch.data.images import load_image_bytes
-
-        rows = []
-        for data in images:
-            grey = load_image_bytes(data, size=(16, 16)).mean(axis=2)
-            cells = grey.reshape(4, 4, 4, 4).mean(axis=(1, 3)).ravel()
-            rows.append(np.where(cells >= np.median(cells), 1, -1))
-        return np.asarray(rows, np.int8).reshape(len(images), 16)
-
-
 def pixel_encoder() -> PixelEncoder:
-    return PixelEncoder()
+    return PixelEncoder("pixels-v1")
 
 
 def other_encoder() -> PixelEncoder:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PixelEncoder, fail_on_call
 
 pytest.importorskip("apache_beam")
 
@@ -16,25 +17,8 @@ from tfduch.index.from_shards import build_from_shards  # noqa: E402
 from tfduch.index.store import load_index  # noqa: E402
 
 
-class PixelEncoder:
-    """16-bit codes from a 4x4 grid of mean intensities: deterministic, model-free, fast."""
-
-    def __init__(self) -> None:
-        self.metadata = {"bits": 16, "model_id": "pixels-sink"}
-
-    def encode_images(self, images: list[bytes]) -> np.ndarray:
-        from tfduch.data.images import load_image_bytes
-
-        rows = []
-        for data in images:
-            grey = load_image_bytes(data, size=(16, 16)).mean(axis=2)
-            cells = grey.reshape(4, 4, 4, 4).mean(axis=(1, 3)).ravel()
-            rows.append(np.where(cells >= np.median(cells), 1, -1))
-        return np.asarray(rows, np.int8).reshape(len(images), 16)
-
-
 def pixel_encoder() -> PixelEncoder:
-    return PixelEncoder()
+    return PixelEncoder("pixels-sink")
 
 
 def test_beam_sink_writes_each_item_once_and_resumes(milvus_server, tmp_path: Path, monkeypatch) -> None:
@@ -53,16 +37,8 @@ def test_beam_sink_writes_each_item_once_and_resumes(milvus_server, tmp_path: Pa
                               milvus_batch=4, **kwargs)
 
     # the first run's Milvus load fails part-way (after the first batch): the shards are on disk, not all rows
-    real = mv.MilvusCollection.add
-    calls = {"n": 0}
-
-    def flaky(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise mv.MilvusUnavailableError("injected: connection lost")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(mv.MilvusCollection, "add", flaky)
+    lost = mv.MilvusUnavailableError("injected: connection lost")
+    real = fail_on_call(monkeypatch, mv.MilvusCollection, "add", 2, lost)
     with pytest.raises(Exception, match="injected"):
         run(milvus_overwrite=True)
     monkeypatch.setattr(mv.MilvusCollection, "add", real)

@@ -7,7 +7,6 @@ in-memory Keras path the feature cache and ``model.encode`` use.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_run
+from conftest import cli_export
 from PIL import Image
 
 from tfduch.export.layout import (
@@ -49,23 +48,12 @@ def encoders():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, run_dir, encoders):
+def exported(tmp_path_factory, small_run, encoders):
     """(base dir, version dir, CLI stdout) of one ``tfduch export`` run, reusing the built encoders."""
-    from tfduch import cli
-    from tfduch.export import savedmodel
-
     base = tmp_path_factory.mktemp("exports")
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        mp.setattr(savedmodel.Encoders, "build", classmethod(lambda cls, *a, **k: encoders))
-        code = cli.main(["export", "--run", str(run_dir), "--base", str(base), "--name", "ucm"])
-    assert code == 0, out.getvalue()
-    return base, base / "ucm" / "1", out.getvalue()
+    code, out, _ = cli_export(small_run, base, encoders, "--name", "ucm")
+    assert code == 0, out
+    return base, base / "ucm" / "1", out
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +64,10 @@ def loaded(exported):
 
 
 @pytest.fixture(scope="module")
-def trained(run_dir):
+def trained(small_run):
     from tfduch.pipeline import load_trained
 
-    return load_trained(run_dir)
+    return load_trained(small_run)
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -160,7 +148,7 @@ def test_saved_model_cli_show_lists_signatures(exported):
     assert f"shape: (-1, {BITS})" in out and "inputs['image_bytes']" in out and "shape: (-1, 1280)" in out
 
 
-def test_metadata_describes_the_model(exported, loaded, trained, run_dir):
+def test_metadata_describes_the_model(exported, loaded, trained, small_run):
     from tfduch.export.metadata import build_metadata, read_metadata
 
     cfg, model, run_meta = trained
@@ -172,7 +160,7 @@ def test_metadata_describes_the_model(exported, loaded, trained, run_dir):
     assert meta["trained_at"] == run_meta["trained_at"] and meta["exported_at"]
     assert meta["model_name"] == "ucm" and meta["version"] == 1
     assert meta["preprocessing"]["image_size"] == 224 and meta["preprocessing"]["source_size"] == 256
-    assert str(run_dir) not in json.dumps(meta)  # no machine paths
+    assert str(small_run) not in json.dumps(meta)  # no machine paths
     # model_id: a digest of the heads' weights + what shapes the codes; same run -> same id.
     from tfduch.runs import compute_model_id, head_weights, model_identity
 
@@ -295,19 +283,19 @@ def test_export_of_a_non_run_folder_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "exports" / "tfduch").exists()
 
 
-def test_export_refuses_other_encoders_taken_versions_and_bad_names(tmp_path, run_dir, exported, encoders):
+def test_export_refuses_other_encoders_taken_versions_and_bad_names(tmp_path, small_run, exported, encoders):
     from tfduch.export import export_model
 
-    other = shutil.copytree(run_dir, tmp_path / "run")
+    other = shutil.copytree(small_run, tmp_path / "run")
     meta = json.loads((other / "model.json").read_text())
     meta["encoders"]["image"] = "efficientnet-lite0-000000000000-c1"
     (other / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ExportError, match="trained on image features of encoder"):
         export_model(other, tmp_path / "exports", encoders=encoders)
     with pytest.raises(ExportError, match="already exists"):
-        export_model(run_dir, exported[0], "ucm", version=1, encoders=encoders)
+        export_model(small_run, exported[0], "ucm", version=1, encoders=encoders)
     with pytest.raises(ExportError, match="invalid model name"):
-        export_model(run_dir, tmp_path / "exports", "../escape", encoders=encoders)
+        export_model(small_run, tmp_path / "exports", "../escape", encoders=encoders)
 
 
 def test_load_exported_errors_name_the_problem(tmp_path):
@@ -341,7 +329,7 @@ def test_version_helpers(tmp_path):
     assert 'name: "m"' in text and 'base_path: "/models/m"' in text
 
 
-def test_crash_mid_export_keeps_previous_versions(exported, run_dir, encoders, monkeypatch):
+def test_crash_mid_export_keeps_previous_versions(exported, small_run, encoders, monkeypatch):
     import tensorflow as tf
 
     from tfduch.export import export_model
@@ -356,7 +344,7 @@ def test_crash_mid_export_keeps_previous_versions(exported, run_dir, encoders, m
 
     monkeypatch.setattr(tf.saved_model, "save", crashing_save)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        export_model(run_dir, base, "ucm", encoders=encoders)
+        export_model(small_run, base, "ucm", encoders=encoders)
     assert _tree_digest(base) == before  # version 1 and models.config untouched, no temp dir left
     assert list_versions(base / "ucm") == [1] and next_version(base / "ucm") == 2
 
@@ -517,17 +505,13 @@ def test_bias_correction_of_a_sequential_model_equals_the_functional_one():
 
 
 @pytest.mark.slow
-def test_cli_tflite_export_writes_models_and_agreement(tmp_path, run_dir, encoders, exported):
-    from tfduch import cli
-    from tfduch.export import savedmodel
+def test_cli_tflite_export_writes_models_and_agreement(tmp_path, small_run, encoders, exported):
     from tfduch.export.metadata import read_metadata
     from tfduch.export.tflite import TFLiteImageEncoder
 
     base = tmp_path / "exports"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(savedmodel.Encoders, "build", classmethod(lambda cls, *a, **k: encoders))
-        code = cli.main(["export", "--run", str(run_dir), "--base", str(base), "--version", "5", "--tflite",
-                         "--tflite-variants", "float32,dynamic,int8", "--calibration-images", "16", "--quiet"])
+    code, _, _ = cli_export(small_run, base, encoders, "--version", "5", "--tflite", "--tflite-variants",
+                            "float32,dynamic,int8", "--calibration-images", "16", "--quiet")
     assert code == 0
     meta = read_metadata(base / "tfduch" / "5")
     assert set(meta["tflite"]) == {"float32", "dynamic", "int8"}

@@ -3,12 +3,11 @@ whose measured bit agreement with the float SavedModel is below its floor is ref
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli_export
 
 from tfduch.export.edge_config import EDGE_CONFIG, load_edge_config
 from tfduch.export.layout import TMP_PREFIX, ExportError
@@ -58,15 +57,7 @@ def test_bad_floors_and_variants_are_refused_by_the_options(tmp_path):
 
 
 def _export(run: Path, base: Path, config: Path, encoders) -> tuple[int, str, str]:
-    from tfduch import cli
-    from tfduch.export import savedmodel
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(savedmodel.Encoders, "build", classmethod(lambda cls, *a, **k: encoders))
-        code = cli.main(["export", "--run", str(run), "--base", str(base), "--name", "edge",
-                         "--edge-config", str(config), "--quiet"])
-    return code, out.getvalue(), err.getvalue()
+    return cli_export(run, base, encoders, "--name", "edge", "--edge-config", str(config), "--quiet")
 
 
 def test_a_variant_below_its_floor_is_refused_and_nothing_is_written(tmp_path, tiny_run, tiny_encoders, edge_export):

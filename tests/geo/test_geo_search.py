@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("rasterio")
 pytest.importorskip("apache_beam")
 
-from conftest import real_data_root  # noqa: E402
+from conftest import PixelEncoder, real_data_root  # noqa: E402
 
 from tfduch.archive import shards as fmt  # noqa: E402
 from tfduch.archive.beam import EncoderSpec, encode_archive, pipeline_options  # noqa: E402
@@ -24,20 +24,8 @@ from tfduch.geo.spatial import GeoFilter, hamming_rank, parse_bbox, parse_time  
 from tfduch.geo.tiler import plan  # noqa: E402
 
 
-class PixelEncoder:
-    """16-bit codes from a 4x4 grid of mean intensities: model-free, so the test checks bookkeeping."""
-
-    metadata = {"bits": 16, "model_id": "pixels-geo"}
-
-    def encode_images(self, images: list[bytes]) -> np.ndarray:
-        from tfduch.data.images import load_image_bytes
-
-        rows = []
-        for data in images:
-            grey = load_image_bytes(data, size=(16, 16)).mean(axis=2)
-            cells = grey.reshape(4, 4, 4, 4).mean(axis=(1, 3)).ravel()
-            rows.append(np.where(cells >= np.median(cells), 1, -1))
-        return np.asarray(rows, np.int8).reshape(len(images), 16)
+def geo_encoder() -> PixelEncoder:
+    return PixelEncoder("pixels-geo")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +40,7 @@ def geo_index(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tiles.scenes += tiles_rgb.scenes
     tiles.keys += tiles_rgb.keys
     tiles.jobs += tiles_rgb.jobs
-    result = encode_archive([info["scenes"]["ms"]], str(root / "shards"), EncoderSpec(factory=PixelEncoder),
+    result = encode_archive([info["scenes"]["ms"]], str(root / "shards"), EncoderSpec(factory=geo_encoder),
                             shard_size=20, batch_size=8, options=pipeline_options(direct_mode="in_memory"),
                             progress_interval=60, log=lambda _: None, tiles=tiles)
     build_from_shards(root / "shards", root / "geo.tfidx")
@@ -73,13 +61,13 @@ def test_beam_tiles_payloads_and_skips(geo_index: dict) -> None:
     assert len(thumbs) == 32 - 8 and all(Path(t).exists() for t in thumbs)
     # resume: a second run skips every shard; another recipe in the same folder is refused
     again = encode_archive([geo_index["info"]["scenes"]["ms"]], str(geo_index["root"] / "shards"),
-                           EncoderSpec(factory=PixelEncoder), shard_size=20, options=pipeline_options(
+                           EncoderSpec(factory=geo_encoder), shard_size=20, options=pipeline_options(
                                direct_mode="in_memory"), log=lambda _: None, tiles=tiles)
     assert again.written == [] and len(again.skipped) == result.num_shards
     tiles.recipe.gamma = 2.0
     try:
         with pytest.raises(fmt.ShardError, match="band recipe"):
-            encode_archive(["x"], str(geo_index["root"] / "shards"), EncoderSpec(factory=PixelEncoder),
+            encode_archive(["x"], str(geo_index["root"] / "shards"), EncoderSpec(factory=geo_encoder),
                            shard_size=20, options=pipeline_options(direct_mode="in_memory"), log=lambda _: None,
                            tiles=tiles)
     finally:

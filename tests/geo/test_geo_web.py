@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import urllib.error
 import urllib.parse
@@ -17,7 +16,7 @@ import pytest
 pytest.importorskip("rasterio")
 pytest.importorskip("fastapi")
 
-from conftest import real_data_root  # noqa: E402
+from conftest import real_data_root, start_chromium  # noqa: E402
 
 from tfduch.geo.demo import build_scene_set  # noqa: E402
 from tfduch.geo.recipe import BandRecipe  # noqa: E402
@@ -109,19 +108,7 @@ def test_api_area_filter_and_openapi(geo_site) -> None:
 
 @pytest.fixture(scope="module")
 def browser():
-    binary = shutil.which("chromium") or "/usr/bin/chromium"
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if not (Path(binary).exists() and Path(driver_path).exists()):
-        pytest.skip("headless Chromium test skipped: install it with `apt-get install -y chromium chromium-driver`")
-    from selenium import webdriver
-
-    os.environ.setdefault("SE_OFFLINE", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1100"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    driver = start_chromium("1280,1100")
     yield driver
     driver.quit()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fail_on_call
 
 from tfduch.cli import main
 from tfduch.eval.ranking import pack_codes
@@ -181,16 +182,8 @@ def test_from_shards_cli_resume_and_remove(milvus_server, tmp_path: Path, capsys
 
     # a bulk load that fails part-way is resumed with --resume: same ids, upserts, no duplicates
     monkeypatch.setattr(mv, "_WRITE_BATCH", 100)
-    real = mv.MilvusCollection.add
-    calls = {"n": 0}
-
-    def flaky(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise mv.MilvusUnavailableError("injected: the server went away")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(mv.MilvusCollection, "add", flaky)
+    real = fail_on_call(monkeypatch, mv.MilvusCollection, "add", 2,
+                        mv.MilvusUnavailableError("injected: the server went away"))
     with pytest.raises(mv.MilvusUnavailableError, match="injected"):
         build_from_shards(folder, "milvus://local/shards", encoder=CaptionEncoder(codes), milvus={"overwrite": True})
     monkeypatch.setattr(mv.MilvusCollection, "add", real)

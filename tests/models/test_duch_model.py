@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import clustered_features
+from conftest import clustered_features, tiny_duch_config
 
 from tfduch.config import Config
 from tfduch.eval import map_at_k
@@ -16,14 +16,7 @@ from tfduch.training.trainer import build_model, train
 
 
 def small_config(tmp_path, epochs: int = 3, **loss) -> Config:
-    cfg = Config(output_dir=str(tmp_path))
-    cfg.model.bits = 16
-    cfg.model.hidden_dim = 64
-    cfg.train.epochs = epochs
-    cfg.train.batch_size = 64
-    cfg.train.lr = 1e-3
-    cfg.train.tensorboard = False
-    cfg.train.verbose = "0"
+    cfg = tiny_duch_config(tmp_path, epochs=epochs, tensorboard=False)
     for k, v in loss.items():
         setattr(cfg.loss, k, v)
     return cfg

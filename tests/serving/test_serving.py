@@ -17,13 +17,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, install_version, run_in_threads, salted_hash_bits, wait_for
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_serving.apis")
@@ -49,7 +49,6 @@ from tfduch.serving.models import (  # noqa: E402
 from tfduch.serving.server import ModelServer, ServerOptions  # noqa: E402
 
 BITS = 16
-REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,9 +73,7 @@ class _Toy(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def encode_text(self, text):
-        hashed = tf.strings.to_hash_bucket_fast(tf.strings.join([self.salt, text], "|"), 2**31 - 1)
-        bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(hashed[:, None], tf.range(BITS, dtype=tf.int64)), 1)
-        return _outputs(bits)
+        return _outputs(salted_hash_bits(self.salt, text, BITS))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def encode_image(self, image_bytes):
@@ -114,14 +111,6 @@ def store(tmp_path_factory):
     return {"v1": v1, "v2": v2, "ref1": tf.saved_model.load(str(v1)), "ref2": tf.saved_model.load(str(v2))}
 
 
-def _copy_version(store_dir: Path, model_dir: Path, version: int) -> Path:
-    """Install a version the way an atomic export does: copy to a temp name, then rename."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".tmp-{version}"
-    shutil.copytree(store_dir, tmp)
-    return tmp.rename(model_dir / str(version))
-
-
 def _options(base: Path, **kwargs) -> ServerOptions:
     sources = [ModelSource(name, base / name) for name in ("toy", "plain", "bare")]
     defaults = dict(host="127.0.0.1", port=0, rest_api_port=0, file_system_poll_wait_seconds=0,
@@ -132,11 +121,11 @@ def _options(base: Path, **kwargs) -> ServerOptions:
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
     base = tmp_path_factory.mktemp("base")
-    _copy_version(store["v1"], base / "toy", 1)
-    plain = _copy_version(store["v2"], base / "plain", 3)
+    install_version(store["v1"], base / "toy", 1)
+    plain = install_version(store["v2"], base / "plain", 3)
     (plain / "assets.extra").mkdir()
     (plain / "assets.extra" / "tfduch_metadata.json").write_text(json.dumps({"code_length": BITS, "model_id": "p"}))
-    _copy_version(store["v2"], base / "bare", 1)
+    install_version(store["v2"], base / "bare", 1)
     with ModelServer(_options(base)) as srv:
         yield srv
 
@@ -410,16 +399,8 @@ def test_rest_bad_requests(server, case):
 # --------------------------------------------------------------------------------------------------
 # Versions, batching, retries, deadlines
 # --------------------------------------------------------------------------------------------------
-def _wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def test_new_version_is_picked_up_and_removed_one_unloaded(store, tmp_path):
-    _copy_version(store["v1"], tmp_path / "toy", 1)
+    install_version(store["v1"], tmp_path / "toy", 1)
     with ModelServer(_options(tmp_path, file_system_poll_wait_seconds=0.1, rest_api_port=-1)) as srv, \
             Client(srv.grpc_address, "toy") as c:
         assert c.metadata().version == 1
@@ -427,8 +408,8 @@ def test_new_version_is_picked_up_and_removed_one_unloaded(store, tmp_path):
         shutil.copytree(store["v2"], tmp_path / "toy" / ".tmp-9")
         shutil.copytree(store["v2"], tmp_path / "toy" / "9.partial")
         (tmp_path / "toy" / "8").mkdir()  # a version folder without saved_model.pb yet
-        _copy_version(store["v2"], tmp_path / "toy", 2)
-        _wait_for(lambda: c.metadata(refresh=True).version == 2)
+        install_version(store["v2"], tmp_path / "toy", 2)
+        wait_for(lambda: c.metadata(refresh=True).version == 2)
         np.testing.assert_array_equal(c.encode_texts(TEXTS), _ref(store, "ref2", "encode_text", text=TEXTS)["codes"])
         assert srv.manager.loaded_versions("toy") == [2]
         assert [(s["version"], s["state"]) for s in c.status()] == [(2, "AVAILABLE"), (1, "END")]
@@ -436,12 +417,12 @@ def test_new_version_is_picked_up_and_removed_one_unloaded(store, tmp_path):
             old.encode_texts(["x"])
         assert err.value.code == "NOT_FOUND"
         shutil.rmtree(tmp_path / "toy" / "2")  # removing the newest falls back to the previous version
-        _wait_for(lambda: srv.manager.loaded_versions("toy") == [1])
+        wait_for(lambda: srv.manager.loaded_versions("toy") == [1])
         np.testing.assert_array_equal(c.encode_texts(TEXTS), _ref(store, "ref1", "encode_text", text=TEXTS)["codes"])
 
 
 def test_batching_merges_concurrent_requests_and_isolates_failures(store, tmp_path):
-    _copy_version(store["v1"], tmp_path / "toy", 1)
+    install_version(store["v1"], tmp_path / "toy", 1)
     batching = BatchingOptions(max_batch_size=16, batch_timeout_micros=200_000, num_batch_threads=1)
     texts = [f"caption number {i}" for i in range(16)]
     expected = _ref(store, "ref1", "encode_text", text=texts)["codes"]
@@ -453,11 +434,7 @@ def test_batching_merges_concurrent_requests_and_isolates_failures(store, tmp_pa
         def encode(i: int) -> None:
             results[i] = c.encode_texts([texts[i]])
 
-        threads = [threading.Thread(target=encode, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_in_threads(encode, 16)
         np.testing.assert_array_equal(np.concatenate([results[i] for i in range(16)]), expected)
         stats = srv.batcher.stats()
         assert stats["tasks"] == 16 and stats["batches"] < 16 and stats["largest_batch"] > 1
@@ -468,11 +445,7 @@ def test_batching_merges_concurrent_requests_and_isolates_failures(store, tmp_pa
             except ServingError as exc:
                 results[i] = exc
 
-        threads = [threading.Thread(target=encode_image, args=(i,)) for i in range(5)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_in_threads(encode_image, 5)
         assert isinstance(results[4], ServingError) and results[4].code == "INVALID_ARGUMENT"
         ref = _ref(store, "ref1", "encode_image", image_bytes=pngs)["codes"]
         np.testing.assert_array_equal(np.concatenate([results[i] for i in range(4)]), ref)
@@ -511,11 +484,7 @@ def test_batching_lone_requests_skip_the_queue_and_concurrent_ones_still_merge()
         def one(i: int) -> None:
             results[i] = scheduler.run(runner, {"x": np.array([i], np.float32)}, 1)["y"]
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_in_threads(one, 8)
         assert all(results[i].tolist() == [2 * i] for i in range(8))
         assert scheduler.stats()["largest_batch"] > 1
     finally:
@@ -543,7 +512,7 @@ def test_client_retries_while_unavailable(store, tmp_path):
         c.encode_texts(["nobody listens"])
     assert err.value.code == "UNAVAILABLE" and "after 3 attempts" in err.value.message
 
-    _copy_version(store["v1"], tmp_path / "toy", 1)
+    install_version(store["v1"], tmp_path / "toy", 1)
     servers: list[ModelServer] = []
     starter = threading.Timer(1.0, lambda: servers.append(
         ModelServer(_options(tmp_path, port=port, rest_api_port=-1)).start()))
@@ -583,7 +552,7 @@ def test_serve_command_in_process(store, tmp_path, capsys):
     from tfduch.cli import build_parser
     from tfduch.serving.cli import run_server, serve_options
 
-    _copy_version(store["v1"], tmp_path / "toy", 1)
+    install_version(store["v1"], tmp_path / "toy", 1)
     args = build_parser().parse_args([
         "serve", "--model_name", "toy", "--model_base_path", str(tmp_path / "toy"), "--host", "127.0.0.1",
         "--port", "0", "--rest_api_port", "0", "--enable_batching", "--max_batch_size", "4",
@@ -595,7 +564,7 @@ def test_serve_command_in_process(store, tmp_path, capsys):
     thread = threading.Thread(target=run_server, args=(options, stop, ready))
     thread.start()
     try:
-        _wait_for(ready.exists)
+        wait_for(ready.exists)
         ports = json.loads(ready.read_text())
         with Client(f"127.0.0.1:{ports['grpc_port']}", "toy") as c:
             expected = _ref(store, "ref1", "encode_text", text=TEXTS)["codes"]
@@ -612,7 +581,7 @@ def test_serve_command_in_process(store, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_serve_cli_subprocess(store, tmp_path):
-    _copy_version(store["v1"], tmp_path / "toy", 1)
+    install_version(store["v1"], tmp_path / "toy", 1)
     ready = tmp_path / "ready.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "tfduch.cli", "serve", "--model_name", "toy",
@@ -620,7 +589,7 @@ def test_serve_cli_subprocess(store, tmp_path):
                              "--rest_api_port", "0", "--ready_file", str(ready), "--enable_batching"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=90)
+        wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=90)
         assert proc.poll() is None, proc.stdout.read()
         ports = json.loads(ready.read_text())
         with Client(f"127.0.0.1:{ports['grpc_port']}", "toy") as c:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, install_version, run_in_threads, salted_hash_bits, wait_for
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_serving.apis")
@@ -42,7 +40,6 @@ from tfduch.serving.server import ModelServer, ServerOptions  # noqa: E402
 from tfduch.serving.warmup import WARMUP_FILE, write_warmup_requests  # noqa: E402
 
 BITS = 16
-REPO = Path(__file__).resolve().parents[2]
 
 
 class _Toy(tf.Module):
@@ -56,9 +53,7 @@ class _Toy(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def encode_text(self, text):
-        hashed = tf.strings.to_hash_bucket_fast(tf.strings.join([self.salt, text], "|"), 2**31 - 1)
-        bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(hashed[:, None], tf.range(BITS, dtype=tf.int64)), 1)
-        return {"codes": tf.cast(bits, tf.int8) * 2 - 1}
+        return {"codes": tf.cast(salted_hash_bits(self.salt, text, BITS), tf.int8) * 2 - 1}
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +67,6 @@ def store(tmp_path_factory):
                                         "metadata": module.metadata})
         out[salt] = root / f"v{salt}"
     return out
-
-
-def _install(store, model_dir: Path, version: int, salt: int) -> Path:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".tmp-{version}"
-    shutil.copytree(store[salt], tmp)
-    return tmp.rename(model_dir / str(version))
 
 
 def _ref(store, salt: int, texts: list[str]) -> np.ndarray:
@@ -112,14 +100,6 @@ def _predict_label(stub, model: str, label: str, texts: list[str]):
     return stub.Predict(request, timeout=10)
 
 
-def _wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def _config_text(models: dict[str, dict]) -> str:
     parts = []
     for name, spec in models.items():
@@ -137,9 +117,9 @@ TEXTS = ["planes parked next to a terminal", "a river through green fields", "de
 # models.config: policy, labels, re-read without restart
 # --------------------------------------------------------------------------------------------------
 def test_labels_over_grpc_and_rest_and_config_reread(store, tmp_path):
-    _install(store, tmp_path / "toy", 1, 1)
-    _install(store, tmp_path / "toy", 2, 2)
-    _install(store, tmp_path / "other", 1, 3)
+    install_version(store[1], tmp_path / "toy", 1)
+    install_version(store[2], tmp_path / "toy", 2)
+    install_version(store[3], tmp_path / "other", 1)
     config = tmp_path / "models.config"
     config.write_text(_config_text({"toy": {"path": tmp_path / "toy", "versions": [1, 2],
                                             "labels": {"stable": 1, "canary": 2}}}))
@@ -173,8 +153,8 @@ def test_labels_over_grpc_and_rest_and_config_reread(store, tmp_path):
         config.write_text(_config_text({
             "toy": {"path": tmp_path / "toy", "versions": [1, 2], "labels": {"stable": 2, "canary": 2}},
             "other": {"path": tmp_path / "other", "versions": [1]}}))
-        _wait_for(lambda: srv.manager.loaded_versions("other") == [1])
-        _wait_for(lambda: _predict_label(stub, "toy", "stable", TEXTS).model_spec.version.value == 2)
+        wait_for(lambda: srv.manager.loaded_versions("other") == [1])
+        wait_for(lambda: _predict_label(stub, "toy", "stable", TEXTS).model_spec.version.value == 2)
         with Client(srv.grpc_address, "other") as other:
             np.testing.assert_array_equal(other.encode_texts(TEXTS), _ref(store, 3, TEXTS))
         # A broken edit is refused and the running config keeps serving.
@@ -183,7 +163,7 @@ def test_labels_over_grpc_and_rest_and_config_reread(store, tmp_path):
         assert srv.manager.loaded_versions("other") == [1]
         # Dropping a model from the file unloads it.
         config.write_text(_config_text({"toy": {"path": tmp_path / "toy", "versions": [1, 2]}}))
-        _wait_for(lambda: "other" not in srv.manager.sources)
+        wait_for(lambda: "other" not in srv.manager.sources)
         with Client(srv.grpc_address, "other") as other, pytest.raises(ServingError) as gone:
             other.encode_texts(TEXTS)
         assert gone.value.code == "NOT_FOUND"
@@ -193,8 +173,8 @@ def test_reload_config_request_over_grpc(store, tmp_path):
     from google.protobuf import text_format
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-    _install(store, tmp_path / "toy", 1, 1)
-    _install(store, tmp_path / "other", 4, 3)
+    install_version(store[1], tmp_path / "toy", 1)
+    install_version(store[3], tmp_path / "other", 4)
     with ModelServer(_options([ModelSource("toy", tmp_path / "toy")], rest_api_port=-1)) as srv:
         stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(srv.grpc_address))
         request = model_management_pb2.ReloadConfigRequest()
@@ -263,7 +243,7 @@ def test_batching_parameters_file_every_field(tmp_path):
 
 
 def test_batching_file_drives_batching(store, tmp_path):
-    _install(store, tmp_path / "toy", 1, 1)
+    install_version(store[1], tmp_path / "toy", 1)
     path = tmp_path / "batching.config"
     path.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 300000 }\n"
                     "num_batch_threads { value: 1 }\nallowed_batch_sizes: 4\nallowed_batch_sizes: 8\n")
@@ -274,12 +254,7 @@ def test_batching_file_drives_batching(store, tmp_path):
                        monitoring=MonitoringOptions(enable=True))
     with ModelServer(options) as srv, Client(srv.grpc_address, "toy") as c:
         results: dict[int, np.ndarray] = {}
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, c.encode_texts([texts[i]])))
-                   for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_in_threads(lambda i: results.__setitem__(i, c.encode_texts([texts[i]])), 16)
         np.testing.assert_array_equal(np.concatenate([results[i] for i in range(16)]), expected)
         sizes = srv.batcher.batch_sizes()
         assert set(sizes) <= {4, 8} and max(sizes) == 8, sizes  # merged, and padded to the allowed sizes only
@@ -299,7 +274,7 @@ def test_batching_file_drives_batching(store, tmp_path):
 def test_prometheus_metrics_count_requests(store, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    _install(store, tmp_path / "toy", 1, 1)
+    install_version(store[1], tmp_path / "toy", 1)
     config = tmp_path / "monitoring.config"
     config.write_text('prometheus_config { enable: true path: "/metrics/tfduch" }\n')
     options = _options([ModelSource("toy", tmp_path / "toy")], monitoring=read_monitoring_config(config))
@@ -341,7 +316,7 @@ def test_monitoring_config_rejects_bad_paths(tmp_path):
 # Warm-up
 # --------------------------------------------------------------------------------------------------
 def test_warmup_is_replayed_before_available(store, tmp_path):
-    version = _install(store, tmp_path / "toy", 1, 1)
+    version = install_version(store[1], tmp_path / "toy", 1)
     write_warmup_requests(version / WARMUP_FILE, {"encode_text": {"text": np.array([b"warm", b"up"], object)},
                                                   "serving_default": {"text": np.array([b"x"], object)}})
     seen: list[tuple[str, int]] = []
@@ -365,8 +340,8 @@ def test_warmup_is_replayed_before_available(store, tmp_path):
 
 
 def test_failing_warmup_fails_the_load_and_keeps_the_previous_version(store, tmp_path):
-    _install(store, tmp_path / "toy", 1, 1)
-    broken = _install(store, tmp_path / "toy", 2, 2)
+    install_version(store[1], tmp_path / "toy", 1)
+    broken = install_version(store[2], tmp_path / "toy", 2)
     write_warmup_requests(broken / WARMUP_FILE, {"encode_text": {"text": np.ones(2, np.float32)}})
     with ModelServer(_options([ModelSource("toy", tmp_path / "toy")], rest_api_port=-1)) as srv, \
             Client(srv.grpc_address, "toy") as c:
@@ -423,7 +398,7 @@ def _pki():
 
 def test_mutual_tls_accepts_the_right_client_cert_and_refuses_others(store, tmp_path):
     pki = _pki()
-    _install(store, tmp_path / "toy", 1, 1)
+    install_version(store[1], tmp_path / "toy", 1)
     config = tmp_path / "ssl.config"
     config.write_text(f"server_key: {json.dumps(pki['server_key'].decode())}\n"
                       f"server_cert: {json.dumps(pki['server_cert'].decode())}\n"
@@ -500,7 +475,7 @@ def test_compose_file_and_sample_requests(store, tmp_path):
     for flag in ("--model_config_file", "--batching_parameters_file", "--monitoring_config_file"):
         assert any(f.startswith(flag + "=") for f in flags)
         assert flag in services["tfduch-serve"]["command"][-1]
-    _install(store, tmp_path / "toy", 1, 1)
+    install_version(store[1], tmp_path / "toy", 1)
     with ModelServer(_options([ModelSource("toy", tmp_path / "toy")])) as srv:
         for name in ("encode_text_instances", "encode_text_columnar"):
             body = json.loads((REPO / "serving" / "requests" / f"{name}.json").read_text())

@@ -35,17 +35,10 @@ EPOCHS = 6
 
 def small_config(output: Path, strategy: str, epochs: int = EPOCHS):
     """A tiny DUCH run: 16 bits, 64 hidden units, global batch 40 (20 per replica with 2 workers)."""
-    from tfduch.config import Config
+    sys.path.insert(0, str(HERE.parent))  # tests/: the shared conftest (a worker runs this file as a script)
+    from conftest import tiny_duch_config
 
-    cfg = Config(output_dir=str(output))
-    cfg.model.bits = 16
-    cfg.model.hidden_dim = 64
-    cfg.train.epochs = epochs
-    cfg.train.batch_size = 40
-    cfg.train.lr = 1e-3
-    cfg.train.checkpoint_every = 3
-    cfg.train.verbose = "0"
-    cfg.train.strategy = strategy
+    cfg = tiny_duch_config(output, epochs=epochs, batch_size=40, checkpoint_every=3, strategy=strategy)
     cfg.eval.plots = False
     return cfg.validate()
 

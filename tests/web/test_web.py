@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import threading
 import urllib.error
 import urllib.parse
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import start_chromium
 from PIL import Image
 
 from tfduch.data.karpathy import load_dataset
@@ -26,9 +26,8 @@ from tfduch.index import ArchiveIndex
 from tfduch.web.app import SearchApp, serve
 
 BITS = 32
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                  "--window-size=1280,1000")
+# beyond start_chromium's own flags: nothing in the background may reach the network
+CHROMIUM_FLAGS = ("--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run")
 
 
 class PlantedEncoder:
@@ -165,20 +164,7 @@ def artifacts_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def browser():
-    binary = shutil.which("chromium") or "/usr/bin/chromium"
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if not (Path(binary).exists() and Path(driver_path).exists()):
-        pytest.skip("headless Chromium test skipped: install it with `apt-get install -y chromium chromium-driver`")
-    try:
-        from selenium import webdriver
-    except ImportError:
-        pytest.skip("headless Chromium test skipped: `pip install selenium` to drive Chromium")
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    driver = start_chromium("1280,1000", *CHROMIUM_FLAGS)
     yield driver
     driver.quit()
 

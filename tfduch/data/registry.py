@@ -79,7 +79,7 @@ class DatasetSpec:
     converter: str  # key of tfduch.data.convert.CONVERTERS
     resources: tuple[Resource, ...]
     num_images: int | None = None
-    aliases: tuple[str, ...] = field(default=())
+    aliases: tuple[str, ...] = field(default=())  # beyond NAME-captions and NAME_captions, which every one has
 
 
 REGISTRY: dict[str, DatasetSpec] = {
@@ -96,7 +96,7 @@ REGISTRY: dict[str, DatasetSpec] = {
         "(alphabetical class order)",
         converter="ucm",
         num_images=2100,
-        aliases=("ucm-captions", "ucm_captions", "ucmcaptions"),
+        aliases=("ucmcaptions",),
         resources=(
             Resource(
                 filename="UCM_captions.zip",
@@ -122,7 +122,6 @@ REGISTRY: dict[str, DatasetSpec] = {
         "file carries no class per image, so without a class file each image is its own class (recall@K)",
         converter="sydney",
         num_images=613,
-        aliases=("sydney-captions", "sydney_captions"),
         resources=(
             Resource(
                 filename="Sydney_captions.zip",
@@ -197,7 +196,6 @@ REGISTRY: dict[str, DatasetSpec] = {
         classes="the caption file's top-level keys (45 NWPU-RESISC45 classes; images sit in <class>/ folders)",
         converter="nwpu",
         num_images=31500,
-        aliases=("nwpu-captions", "nwpu_captions"),
         resources=(
             Resource(
                 filename="NWPU_images.tar.gz",
@@ -225,7 +223,8 @@ REGISTRY: dict[str, DatasetSpec] = {
 def _aliases() -> dict[str, str]:
     out = {}
     for spec in REGISTRY.values():
-        for alias in (spec.name, *spec.aliases):
+        # the dataset's own name and its paper's "<name>-captions" spelling, in both separators, always resolve
+        for alias in (spec.name, f"{spec.name}-captions", f"{spec.name}_captions", *spec.aliases):
             out[alias.lower()] = spec.name
     return out
 

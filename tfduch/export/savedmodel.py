@@ -14,18 +14,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfduch.export.graph import (
-    DEFAULT_SIGNATURE,
-    DETERMINISTIC_VIEWS,
-    METADATA_OUTPUT,
-    METADATA_SIGNATURE,
-    SIGNATURES,
-    CodeExport,
-    Encoders,
-    binarize,
-    decode_images,
-    pack_codes,
-)
+from tfduch.export import graph as _graph
+from tfduch.export.graph import *  # noqa: F403  (the graph's public names are re-exported; see __all__)
+from tfduch.export.graph import CodeExport, Encoders
 from tfduch.export.layout import (
     ExportError,
     check_model_name,
@@ -39,19 +30,9 @@ from tfduch.export.warmup import write_warmup_requests
 from tfduch.features.encode import SOURCE_SIZE
 from tfduch.io import atomic_write_json
 
-__all__ = [
-    "SIGNATURES",
-    "DEFAULT_SIGNATURE",
-    "METADATA_SIGNATURE",
-    "METADATA_OUTPUT",
-    "DETERMINISTIC_VIEWS",
-    "Encoders",
-    "CodeExport",
-    "binarize",
-    "pack_codes",
-    "decode_images",
-    "export_model",
-]
+# The graph's names are re-exported here (callers of the writer look for them here too); their list
+# lives once, in graph.
+__all__ = [*_graph.__all__, "export_model"]
 
 
 def _load_run(run_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
