@@ -160,8 +160,11 @@ def test_build_search_and_add_with_a_trained_run(trained, capsys) -> None:
     # an image finds itself first (distance 0), and the index codes are the run's own codes of the clean view
     probe = data / "images" / "forest_3.tif"
     assert main(["search", "--image", str(probe), "--index", str(out), "-k", "3", "--json"]) == 0
-    first = json.loads(capsys.readouterr().out)[0]["results"][0]
-    assert first["distance"] == 0 and first["path"] == str(probe.resolve())
+    results = json.loads(capsys.readouterr().out)[0]["results"]
+    # 16-bit codes of two synthetic forests can coincide; ties go to the lower id, so the probe is one of the
+    # distance-0 results, not necessarily the first
+    assert results[0]["distance"] == 0
+    assert str(probe.resolve()) in [r["path"] for r in results if r["distance"] == 0]
     from tfduch.pipeline import load_trained, prepare
 
     cfg, model, _ = load_trained(run)
