@@ -102,7 +102,7 @@ def test_api_area_filter_and_openapi(geo_site) -> None:
     assert {"/api/search", "/api/info", "/api/captions"} <= set(spec["paths"])
     names = {p["name"] for p in spec["paths"]["/api/search"]["get"]["parameters"]}
     assert {"q", "k", "bbox", "time"} <= names
-    with urllib.request.urlopen(f"{base}/static/leaflet/leaflet.js", timeout=10) as r:
+    with urllib.request.urlopen(f"{base}/static/vendor/leaflet/leaflet.js", timeout=10) as r:
         assert r.status == 200 and b"Leaflet" in r.read()[:2000]
 
 

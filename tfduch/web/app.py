@@ -18,7 +18,7 @@ Errors are JSON ``{"error": message}`` with a 4xx status. Robustness: an empty q
 the page shows; a query longer than ``max_query_chars`` is cut (server-side) and the answer says so; text is
 UTF-8 throughout, so any language or emoji is accepted (MiniLM maps unknown characters to ``[UNK]``); ``k``
 is clipped to ``max_k`` and to the collection size, with a notice. Only files recorded in the index are ever
-read. The map (Leaflet 1.9.4, vendored under ``static/leaflet``) loads nothing from the internet; an online
+read. The map (Leaflet 1.9.4, vendored under ``static/vendor/leaflet``) loads nothing from the internet; an online
 base map is used only when ``basemap`` (a tile URL template) is given.
 """
 
