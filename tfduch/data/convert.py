@@ -8,7 +8,6 @@ comes from, so one converter per class rule is enough.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from tfduch.data.karpathy import class_from_filename
 from tfduch.data.registry import UCM_CLASSES, DatasetSpec
 from tfduch.errors import DataError
+from tfduch.io import atomic_write_text
 
 __all__ = ["CONVERTERS", "IMAGE_SUFFIXES", "convert", "write_karpathy"]
 
@@ -79,9 +79,7 @@ def write_karpathy(out: Path, dataset: str, records: list[dict[str, Any]], relev
     doc: dict[str, Any] = {"dataset": dataset, "images": entries}
     if relevance != "class":
         doc["relevance"] = relevance
-    tmp = out / ".captions.json.tmp"
-    tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "captions.json")
+    atomic_write_text(out / "captions.json", json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
 
 
 def _karpathy_records(raw: Path, json_names: tuple[str, ...], classify: Callable[[str], str | None]

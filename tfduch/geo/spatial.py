@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from tfduch.codes import hamming_distances_packed
 from tfduch.errors import DataError
 from tfduch.io import atomic_save_npz
 
 __all__ = ["GeoFilter", "hamming_rank", "parse_bbox", "parse_time"]
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
 def parse_bbox(text: str | Sequence[float]) -> tuple[float, float, float, float]:
@@ -157,16 +157,12 @@ def hamming_rank(codes: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
     """
     codes = np.asarray(codes, np.uint8)
     ids = np.asarray(ids, np.int64)
-    n, kk = len(ids), min(int(k), len(ids))
+    kk = min(int(k), len(ids))
     out_ids = np.zeros((len(queries), kk), np.int64)
     out_d = np.zeros((len(queries), kk), np.int32)
     order = np.argsort(ids, kind="stable")
     codes, ids = codes[order], ids[order]
-    for qi, q in enumerate(np.asarray(queries, np.uint8)):
-        dist = np.zeros(n, np.int32)
-        for start in range(0, n, 1 << 16):
-            block = np.bitwise_xor(codes[start:start + (1 << 16)], q[None])
-            dist[start:start + len(block)] = _POPCOUNT[block].sum(axis=1, dtype=np.int32)
+    for qi, dist in enumerate(hamming_distances_packed(np.asarray(queries, np.uint8), codes)):
         top = np.lexsort((ids, dist))[:kk]
         out_ids[qi], out_d[qi] = ids[top], dist[top]
     return out_ids, out_d
