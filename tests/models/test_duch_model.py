@@ -37,7 +37,7 @@ def test_dataset_batches_are_aligned_and_views_differ() -> None:
 
 def test_train_step_updates_everything(tmp_path) -> None:
     feats, _ = clustered_features(n=128)
-    cfg = small_config(tmp_path, checkpoint=None) if False else small_config(tmp_path)
+    cfg = small_config(tmp_path, alpha=0.01)  # the paper's adversarial term: the discriminator trains too
     cfg.train.checkpoint = False
     model = build_model(cfg, feats)
     disc_before = [v.numpy().copy() for v in model.discriminator.trainable_variables]
@@ -213,7 +213,7 @@ def test_interrupted_fit_still_finishes_the_background_checkpoint(tmp_path, monk
 
     feats, _ = clustered_features(n=64)
     cfg = small_config(tmp_path, epochs=4)
-    cfg.train.checkpoint_background = True
+    cfg.train.checkpoint_background, cfg.train.checkpoint_every = True, 1
     save = tf.train.CheckpointManager.save
 
     def slow_disk(self, *args, **kwargs):
@@ -232,3 +232,34 @@ def test_interrupted_fit_still_finishes_the_background_checkpoint(tmp_path, monk
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")
     _, summary = train(cfg, feats, tmp_path)
     assert summary["initial_epoch"] == 2 and len(summary["history"]["loss"]) == 2
+
+
+def test_alpha_zero_skips_the_discriminator_without_changing_the_heads(tmp_path) -> None:
+    """With α = 0 the GAN step is not run (it cannot move the heads), and the trained heads are those of a run
+    that still trains the discriminator alongside."""
+    from tfduch.models.duch import DUCH
+
+    feats, _ = clustered_features(n=128)
+    cfg = small_config(tmp_path, alpha=0.0)
+    cfg.train.checkpoint = False
+    skipping = build_model(cfg, feats)
+    assert not skipping.trains_discriminator
+    disc_before = [v.numpy().copy() for v in skipping.discriminator.trainable_variables]
+    skipping, summary = train(cfg, feats, tmp_path / "skip", model=skipping)
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(disc_before, skipping.discriminator.trainable_variables,
+                                                             strict=True))
+    assert summary["history"]["adversarial"] == [0.0] * cfg.train.epochs
+
+    class AlwaysGAN(DUCH):
+        trains_discriminator = True  # the old behaviour: a discriminator step in every train_step
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tfduch.methods.duch.DUCH", AlwaysGAN)
+        running = build_model(cfg, feats)
+    assert isinstance(running, AlwaysGAN)
+    running, _ = train(cfg, feats, tmp_path / "run", model=running)
+    assert any(not np.array_equal(a, b.numpy()) for a, b in zip(disc_before, running.discriminator.trainable_variables,
+                                                                 strict=True))
+    for a, b in zip(skipping.image_head.weights + skipping.text_head.weights,
+                    running.image_head.weights + running.text_head.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)

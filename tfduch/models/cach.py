@@ -138,7 +138,7 @@ class CACH(DUCH):
                 terms["consistency"] = code_consistency_loss(rehashed_t, h_t) + code_consistency_loss(rehashed_i, h_i)
                 total += p.consistency_weight * terms["consistency"]
         views = [h_i, codes["image_aug"], h_t, codes["text_aug"]]
-        if p.adversarial:
+        if p.adversarial and cfg.alpha:
             fooling = views[:2] if cfg.adversarial_branch == "image" else views[2:]
             terms["adversarial"] = generator_loss([self.discriminator(h, training=True) for h in fooling])
             total += cfg.alpha * terms["adversarial"]
@@ -153,7 +153,7 @@ class CACH(DUCH):
 
     @property
     def trains_discriminator(self) -> bool:
-        return bool(self.params.adversarial)
+        return bool(self.params.adversarial and self.loss_config.alpha)
 
     def objective(self, codes: dict[str, tf.Tensor], batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return self.cach_losses(codes, batch)

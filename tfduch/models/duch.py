@@ -103,8 +103,11 @@ class DUCH(CrossModalHasher):
             + w_img * self.contrastive(h_i1, h_i2)
             + w_txt * self.contrastive(h_t1, h_t2)
         )
-        fooling = [h_i1, h_i2] if cfg.adversarial_branch == "image" else [h_t1, h_t2]
-        adversarial = generator_loss([self.discriminator(h, training=True) for h in fooling])
+        if cfg.alpha:
+            fooling = [h_i1, h_i2] if cfg.adversarial_branch == "image" else [h_t1, h_t2]
+            adversarial = generator_loss([self.discriminator(h, training=True) for h in fooling])
+        else:  # α = 0: the discriminator cannot move the heads, so it is not run at all (no GAN cost)
+            adversarial = tf.constant(0.0)
         quantization = quantization_loss(self.code_targets.lookup(index), [h_i1, h_i2, h_t1, h_t2])
         balance = bit_balance_loss([h_i1, h_i2, h_t1, h_t2], cfg.bit_balance)
         total = ntxent + cfg.alpha * adversarial + cfg.beta * quantization + cfg.gamma * balance
@@ -119,8 +122,12 @@ class DUCH(CrossModalHasher):
 
     @property
     def trains_discriminator(self) -> bool:
-        """Whether each step also updates the code discriminator (DUCH: always)."""
-        return True
+        """Whether each step also updates the code discriminator: only where its term is weighted (α > 0).
+
+        Why: with α = 0 the discriminator has no path to the heads, and its step (two forward passes, a gradient
+        penalty's double backward and an Adam update per view pair) was pure cost.
+        """
+        return bool(self.loss_config.alpha)
 
     def objective(self, codes: dict[str, tf.Tensor], batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The hashing heads' loss terms; ``loss`` is the one minimised, the others are logged."""
