@@ -509,3 +509,22 @@ def test_list_custom_ops_finds_non_core_ops(store, tmp_path):
 
     tf.saved_model.save(Tokenize(), str(tmp_path / "tok"))
     assert "NormalizeUTF8" in module.custom_ops(tmp_path / "tok")
+
+
+def test_tensorflow_thread_flags_set_the_pools_before_models_load():
+    """--tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism (TF Serving's flags) reach TensorFlow;
+    in a fresh process, because the pools can only be set before TensorFlow's runtime starts."""
+    import subprocess
+    import sys
+
+    code = ("from tfduch.serving.cli import set_tensorflow_threads; import tensorflow as tf; "
+            "set_tensorflow_threads(1, 2); tf.constant(1.0) + 1; "
+            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["1", "2"]
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        from tfduch.serving.cli import set_tensorflow_threads
+
+        set_tensorflow_threads(-1, 0)

@@ -108,6 +108,13 @@ def _register_serve(subparsers: Any) -> None:
                           "batches full under a closed loop of clients; extension, off = TF Serving's rule)")
     bat.add_argument("--max_enqueued_batches", type=int, default=100,
                      help="queue bound in batches; beyond it requests get UNAVAILABLE (default 100)")
+    thr = p.add_argument_group("TensorFlow threads (as tensorflow_model_server)")
+    thr.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                     help="threads one op may use; 0 = TensorFlow's choice (the CPU count). With batching, "
+                          "num_batch_threads x this <= the CPU count keeps concurrent batches from fighting "
+                          "over the same cores (docs/serving.md)")
+    thr.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                     help="ops of one call run in parallel; 0 = TensorFlow's choice")
     lim = p.add_argument_group("request checks")
     lim.add_argument("--max_request_batch_size", type=int, default=1024,
                      help="larger requests get INVALID_ARGUMENT (default 1024)")
@@ -170,7 +177,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    return run_server(serve_options(args), stop, args.ready_file)
+    options = serve_options(args)
+    set_tensorflow_threads(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
+    return run_server(options, stop, args.ready_file)
+
+
+def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """TF Serving's ``--tensorflow_{intra,inter}_op_parallelism`` (0 = TensorFlow's default); before any model loads."""
+    if intra_op < 0 or inter_op < 0:
+        raise ConfigError(f"--tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism must be >= 0, "
+                          f"got {intra_op} / {inter_op}")
+    if not (intra_op or inter_op):
+        return
+    import tensorflow as tf
+
+    try:
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as exc:  # TensorFlow's runtime already started in this process
+        raise ConfigError(f"cannot set TensorFlow's thread pools now: {exc}") from exc
 
 
 def run_server(options: Any, stop: threading.Event, ready_file: Path | None = None) -> int:
