@@ -528,3 +528,20 @@ def test_tensorflow_thread_flags_set_the_pools_before_models_load():
         from tfduch.serving.cli import set_tensorflow_threads
 
         set_tensorflow_threads(-1, 0)
+
+
+def test_batching_shares_the_cpus_among_batch_threads():
+    """With batching on and no --tensorflow_intra_op_parallelism, each batch thread gets CPUs / threads."""
+    from types import SimpleNamespace
+
+    from tfduch.serving.cli import intra_op_threads
+
+    def opts(batching: bool, threads: int) -> SimpleNamespace:
+        return SimpleNamespace(enable_batching=batching, batching=BatchingOptions(num_batch_threads=threads))
+
+    assert intra_op_threads(0, opts(True, 2), cpus=2) == 1
+    assert intra_op_threads(0, opts(True, 2), cpus=8) == 4
+    assert intra_op_threads(0, opts(True, 1), cpus=8) == 0  # one batch thread: TensorFlow's default pool
+    assert intra_op_threads(0, opts(True, 3), cpus=2) == 1  # more threads than CPUs: still one each
+    assert intra_op_threads(0, opts(False, 2), cpus=2) == 0  # no batching: TensorFlow's default
+    assert intra_op_threads(3, opts(True, 2), cpus=2) == 3  # the flag wins
