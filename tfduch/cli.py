@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("train", help="train a hashing model on cached features (resumes if interrupted)",
-                       description="Train on the protocol split; checkpoints into OUTPUT/checkpoints after every "
-                       "epoch (train.checkpoint_every=N for every N epochs; the last two are kept; "
+                       description="Train on the protocol split; checkpoints into OUTPUT/checkpoints every 5 epochs "
+                       "and after the last (train.checkpoint_every=N for every N epochs; the last two are kept; "
                        "train.checkpoint_background=true writes them from an in-memory copy in a background "
                        "thread) and resumes from the last one when re-run with the same --output.")
     _common(p)

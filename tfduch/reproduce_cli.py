@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every learned method, e.g. --set train.batch_size=128")
     p.add_argument("--checkpoint", action="store_true",
-                   help="checkpoint inside a cell (every train.checkpoint_every epochs, default 1), so an interrupted "
+                   help="checkpoint inside a cell (every train.checkpoint_every epochs, default 5), so an interrupted "
                    "training resumes mid-cell (finished cells are always kept)")
     p.add_argument("--name", default="reproduce",
                    help="table file name in OUT (default: %(default)s); use another name for an ablation that "

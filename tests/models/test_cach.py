@@ -143,6 +143,7 @@ def test_cach_learns_cross_modal_codes(tmp_path) -> None:
 def test_every_ablation_switch_trains(tmp_path, switch) -> None:
     feats, _ = clustered_features(n=64)
     cfg = cach_config(tmp_path, epochs=1, **switch)
+    cfg.loss.alpha = 0.01  # configs/cach.yaml's weight for the adversarial switch
     model, summary = train(cfg, feats, tmp_path)
     history = summary["history"]
     assert np.isfinite(history["loss"]).all()

@@ -135,6 +135,7 @@ def test_duch_objective_trains_the_code_discriminator(tmp_path) -> None:
     _, _, _, noisy = noisy_features(n=96)
     cfg = small_config(tmp_path, epochs=2, switch=1)
     cfg.noise.chnr.objective = "duch"
+    cfg.loss.alpha = 0.01  # the paper objective's adversarial weight (configs/chnr_duch.yaml)
     model, summary = train(cfg, noisy, tmp_path)
     h = summary["history"]
     assert all(x > 0 for x in h["discriminator"]) and all(x > 0 for x in h["bit_balance"])

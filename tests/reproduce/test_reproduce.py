@@ -215,6 +215,26 @@ def test_chnr_duch_variant_is_configs_chnr_duch(tmp_path) -> None:
     assert display_name("chnr-duch") == "CHNR (DUCH objective)"
 
 
+def test_duch_paper_variant_is_configs_duch_paper(tmp_path) -> None:
+    """The table's DUCH (paper objective) row trains exactly configs/duch_paper.yaml: adversarial term and lr decay
+    on, everything else the defaults."""
+    from tfduch.config import Config, load_config
+    from tfduch.reproduce import DEFAULT_CONFIG_DIR, cell_config, display_name
+
+    spec = ReproduceSpec(out=tmp_path, methods=("duch-paper",), bits=(64,), seeds=1)
+    ours = cell_config(spec, Cell("duch-paper", 64, 0)).to_dict()
+    shipped = load_config(DEFAULT_CONFIG_DIR / "duch_paper.yaml", ["train.seed=0"]).to_dict()
+    for section in ("model", "loss", "features", "data"):
+        assert ours[section] == shipped[section], section
+    volatile = {"checkpoint", "tensorboard", "verbose"}
+    assert {k: v for k, v in ours["train"].items() if k not in volatile} == \
+        {k: v for k, v in shipped["train"].items() if k not in volatile}
+    assert (ours["loss"]["alpha"], ours["train"]["lr_decay_factor"]) == (0.01, 0.8)
+    defaults = Config()
+    assert (defaults.loss.alpha, defaults.train.lr_decay_factor) != (0.01, 0.8)  # the default is the other setting
+    assert display_name("duch-paper") == "DUCH (paper objective)"
+
+
 def test_settings_comparison_tolerates_new_default_fields_only() -> None:
     from tfduch.config import Config
     from tfduch.reproduce import same_settings

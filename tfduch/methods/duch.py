@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tfduch.config import Config
-from tfduch.methods.base import LearnedMethod, ModelShape, duch_optimizers, target_refresh
+from tfduch.methods.base import LearnedMethod, ModelShape, Variant, duch_optimizers, target_refresh
 from tfduch.models.base import CrossModalHasher
 from tfduch.models.duch import DUCH
 
@@ -18,4 +18,10 @@ METHOD = LearnedMethod(
     # Published UCM mAP@20 (DUCH paper, Mikriukov et al. 2022), by direction and code length.
     published={"i2t": {16: 0.760, 32: 0.794, 64: 0.844, 128: 0.870},
                "t2i": {16: 0.799, 32: 0.851, 64: 0.916, 128: 0.927}},
+    variants={
+        # The paper's objective and schedule (configs/duch_paper.yaml): adversarial term on, Adam 1e-4 x0.8 / 50.
+        "duch-paper": Variant(("loss.alpha=0.01", "train.lr=0.0001", "train.lr_decay_every=50",
+                               "train.lr_decay_factor=0.8"),
+                              display="DUCH (paper objective)"),
+    },
 )
