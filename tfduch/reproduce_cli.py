@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", "--data", dest="dataset",
                    help=f"dataset folder (Karpathy captions JSON + images/; default: ${DATA_ENV})")
-    p.add_argument("--methods", default="duch,chnr,cach,djsrh,jdsh,cca-itq,ridge-itq,cosine",
+    p.add_argument("--methods", default="duch,duch-paper,chnr,cach,djsrh,jdsh,cca-itq,ridge-itq,cosine",
                    help="comma-separated rows to compute (default: %(default)s)")
     p.add_argument("--bits", default="16,32,64,128", help="comma-separated code lengths (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per cell, 0..N-1 (default: %(default)s)")
