@@ -517,6 +517,8 @@ def test_tensorflow_thread_flags_set_the_pools_before_models_load():
     import subprocess
     import sys
 
+    from tfduch.serving.cli import set_tensorflow_threads
+
     code = ("from tfduch.serving.cli import set_tensorflow_threads; import tensorflow as tf; "
             "set_tensorflow_threads(1, 2); tf.constant(1.0) + 1; "
             "print(tf.config.threading.get_intra_op_parallelism_threads(), "
@@ -525,8 +527,6 @@ def test_tensorflow_thread_flags_set_the_pools_before_models_load():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["1", "2"]
     with pytest.raises(ConfigError, match="must be >= 0"):
-        from tfduch.serving.cli import set_tensorflow_threads
-
         set_tensorflow_threads(-1, 0)
 
 

@@ -153,7 +153,7 @@ class CACH(DUCH):
 
     @property
     def trains_discriminator(self) -> bool:
-        return bool(self.params.adversarial and self.loss_config.alpha)
+        return bool(self.params.adversarial) and super().trains_discriminator
 
     def objective(self, codes: dict[str, tf.Tensor], batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return self.cach_losses(codes, batch)

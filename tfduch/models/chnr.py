@@ -217,7 +217,7 @@ class CHNR(DUCH):
 
     @property
     def trains_discriminator(self) -> bool:
-        return self.chnr_config.objective == "duch" and bool(self.loss_config.alpha)
+        return self.chnr_config.objective == "duch" and super().trains_discriminator
 
     def before_update(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """In the meta-learning phase, one detector update on the batch's clean pairs."""
