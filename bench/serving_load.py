@@ -155,7 +155,7 @@ def load_inputs(n_images: int = 32) -> tuple[list[str], list[bytes], str]:
 
 def payloads(captions: list[str], images: list[bytes], kind: str) -> Callable[[int], tuple[str, str, np.ndarray]]:
     """i -> (signature, input name, batch) cycling through the inputs."""
-    size = {"text1": 1, "text16": 16, "text32": 32, "image8": 8}[kind]
+    size = {"text1": 1, "text8": 8, "text16": 16, "text32": 32, "image8": 8}[kind]
     pool = images if kind.startswith("image") else captions
     signature, name = ("encode_image", "image_bytes") if kind.startswith("image") else ("encode_text", "text")
 
@@ -648,7 +648,7 @@ def production(args: argparse.Namespace) -> None:
     captions, images, data_desc = load_inputs()
     version = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
     loaded = tf.saved_model.load(str(folder / str(version)))
-    make = {k: payloads(captions, images, k) for k in ("text1", "text16")}
+    make = {k: payloads(captions, images, k) for k in ("text1", "text8", "text16")}
     workdir = Path(tempfile.mkdtemp(prefix="tfduch-serving-prod-"))
     print(f"model: {description}\ninputs: {data_desc}\nlogs: {workdir}\nload average at start: "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)", flush=True)
@@ -674,29 +674,68 @@ def production(args: argparse.Namespace) -> None:
 
 def _shipped_batching(args: argparse.Namespace, folder: Path, name: str, workdir: Path,
                       inproc: Callable[[str], Callable[[int], Any]], scale: float) -> tuple[str, bool]:
-    # 1. the shipped batching file, 16 concurrent batch-1 clients vs back-to-back in-process batch-16 calls
+    """16 concurrent batch-1 clients on the shipped batching file vs in-process batched calls.
+
+    The bar's ceiling (issue 17) is one thread calling batch 16 back to back. A second in-process shape is
+    measured beside it, two threads calling batch 8 (the server's own shape), and the ratio to the better
+    of the two is printed too, so a reader sees how far the server is from the best in-process rate, not
+    only from the bar's. Each round runs served and in-process back to back and gives its own ratios: a
+    change of machine load between rounds moves both sides of a round alike, so the median per-round ratio
+    is the robust number (the whole-run ratio is printed beside it).
+    """
     shipped = ["--batching_parameters_file", str(REPO / "serving" / "batching.config"),
                *args.production_extra_flags.split()]
     server = ServerProcess(folder, name, shipped, workdir, tag="shipped-batching")
     pool = ClientPool(server.address, name, max(1, min(16, args.client_processes)), 16 // args.client_processes)
+    on = Result("served, 16 clients, text1, serving/batching.config", 1)
+    shapes = {"text16": 1, "text8": 2}  # in-process batch kind -> caller threads
+    ceilings = {"text16": Result("in-process, 1 thread, text16 (the bar's batching ceiling)", 16),
+                "text8": Result("in-process, 2 threads, text8", 8)}
+    ratios: dict[str, list[float]] = {"bar": [], "best": []}
     try:
         for i in range(3):
             inproc("text16")(i)
+            inproc("text8")(i)
         pool.run("text1", 64)
-        on, ceiling = Result("served, 16 clients, text1, serving/batching.config", 1), \
-            Result("in-process, 1 thread, text16 (batching ceiling)", 16)
         rounds = max(1, args.rounds // 2)
         per_round = max(32, int(3000 * scale) // rounds)
         for _ in range(rounds):
-            on.add(*pool.run("text1", per_round))
-            ceiling.add(*run_concurrent(inproc("text16"), max(2, per_round // 16), 1))
+            cpu = (server.cpu(), pool.cpu())
+            served = Result("", 1).add(*pool.run("text1", per_round))
+            served.server_cpu, served.client_cpu = server.cpu() - cpu[0], pool.cpu() - cpu[1]
+            on.add(served.latencies, served.wall, served.errors, served.requests, served.server_cpu,
+                   served.client_cpu)
+            rates = {}
+            for kind, threads in shapes.items():
+                cpu_before = time.process_time()
+                calls = max(2 * threads, per_round // ceilings[kind].items)
+                part = Result("", ceilings[kind].items).add(*run_concurrent(inproc(kind), calls, threads))
+                ceilings[kind].add(part.latencies, part.wall, part.errors, part.requests,
+                                   client_cpu=time.process_time() - cpu_before)
+                rates[kind] = part.row()["items_s"]
+            ratios["bar"].append(served.row()["items_s"] / rates["text16"])
+            ratios["best"].append(served.row()["items_s"] / max(rates.values()))
     finally:
         pool.close()
         stats = server.stop()
-    ratio = on.row()["items_s"] / ceiling.row()["items_s"]
-    print(markdown_rows([on.row(), ceiling.row()]), f"\nbatching server: {stats}", flush=True)
+    rate = {k: c.row()["items_s"] for k, c in ceilings.items()}
+    whole = {"bar": on.row()["items_s"] / rate["text16"], "best": on.row()["items_s"] / max(rate.values())}
+    median = {k: float(np.median(v)) for k, v in ratios.items()}
+    print(markdown_rows([on.row(), *(c.row() for c in ceilings.values())]), f"\nbatching server: {stats}",
+          flush=True)
+    served_ok = max(1, on.requests - on.errors)
+    print(f"CPU per item: served {on.server_cpu / served_ok * 1e3:.2f} ms server + "
+          f"{on.client_cpu / served_ok * 1e3:.2f} ms clients; in-process "
+          + ", ".join(f"{k} {c.client_cpu / max(1, c.requests * c.items) * 1e3:.2f} ms"
+                      for k, c in ceilings.items()), flush=True)
+    for key, text in (("bar", "the text16 ceiling"), ("best", "the better in-process shape")):
+        print(f"per-round ratios to {text}: " + " ".join(f"{r:.2f}" for r in ratios[key])
+              + f"  (median {median[key]:.2f}, whole run {whole[key]:.2f})", flush=True)
     return (f"shipped serving/batching.config {args.production_extra_flags}, 16 concurrent batch-1 clients: "
-            f"{ratio:.2f} of the in-process batched ceiling (target >= 0.80)", ratio >= 0.8)
+            f"{median['bar']:.2f} of the in-process batch-16 ceiling, median of {len(ratios['bar'])} paired rounds "
+            f"(min {min(ratios['bar']):.2f}, whole run {whole['bar']:.2f}; target >= 0.80); "
+            f"{median['best']:.2f} of the better in-process shape (2 threads x batch 8 or 1 x 16)",
+            median["bar"] >= 0.8)
 
 
 def _warmup_check(folder: Path, name: str, version: int, workdir: Path,
