@@ -318,27 +318,52 @@ def _apply(cfg: Config, dotted: str, raw: Any, where: str) -> None:
     setattr(target, name, _coerce(target, name, raw, where))
 
 
+def _apply_file(cfg: Config, path: Path, chain: tuple[Path, ...]) -> None:
+    """Apply one config file (its ``base`` files first) onto ``cfg``; ``chain`` = the files that led here."""
+    if not path.is_file():
+        via = f" (the base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file not found: {path}{via}")
+    if path.resolve() in {p.resolve() for p in chain}:
+        raise ConfigError("config files name each other as base: " + " -> ".join(str(p) for p in (*chain, path)))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    bases = raw.pop(BASE_KEY, None)
+    if bases is not None:
+        if isinstance(bases, str):
+            bases = [bases]
+        if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+            raise ConfigError(f"{path}: '{BASE_KEY}' must be a file name or a list of file names, got {bases!r}")
+        for base in bases:
+            _apply_file(cfg, path.parent / base, (*chain, path))
+    for key, value in raw.items():
+        _apply(cfg, key, value, str(path))
+
+
 def _set_nested(mapping: dict[str, Any], keys: list[str], raw: Any) -> None:
     for key in keys[:-1]:
         mapping = mapping.setdefault(key, {})
     mapping[keys[-1]] = raw
 
 
+#: Top-level key of a config file naming the file(s) it builds on (paths relative to the file itself).
+BASE_KEY = "base"
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the built-in defaults) and apply ``key=value`` overrides."""
+    """Load a YAML config (or the built-in defaults) and apply ``key=value`` overrides.
+
+    A file may start from others with ``base: other.yaml`` (or a list, applied in order), resolved against
+    the file's own folder: the bases are applied first, then the file's keys on top. Sections merge field
+    by field; a free-form mapping such as ``model.params`` given in the file replaces the base's. So a
+    setting shared by several configs (the paper's DUCH schedule) is written once.
+    """
     cfg = Config()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-        for key, value in raw.items():
-            _apply(cfg, key, value, str(p))
+        _apply_file(cfg, Path(path), ())
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")

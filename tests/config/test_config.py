@@ -80,3 +80,48 @@ def test_every_shipped_config_loads(path) -> None:
     """A config in configs/ with a typo'd key or a bad value fails here, not in a user's 100-epoch run."""
     cfg = load_config(path)
     assert cfg.model.bits > 0
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_base_files_apply_first_and_the_file_wins(tmp_path: Path) -> None:
+    """``base:`` (a name or a list, relative to the file) is applied before the file's own keys; sections merge."""
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "sub" / "schedule.yaml", "train: {lr: 0.0001, lr_decay_every: 50}\nloss: {alpha: 0.01}\n")
+    _write(tmp_path / "sub" / "long.yaml", "train: {epochs: 150, lr: 0.0003}\n")
+    child = _write(tmp_path / "sub" / "child.yaml",
+                   "base: [schedule.yaml, long.yaml]\ntrain: {lr_decay_every: 25}\nmodel: {bits: 32}\n")
+    cfg = load_config(child)
+    assert (cfg.train.lr, cfg.train.epochs) == (0.0003, 150)  # the later base wins over the earlier
+    assert (cfg.train.lr_decay_every, cfg.loss.alpha, cfg.model.bits) == (25, 0.01, 32)  # the file wins, rest merges
+    assert cfg.train.batch_size == Config().train.batch_size  # untouched fields keep the built-in defaults
+    grandchild = _write(tmp_path / "grandchild.yaml", "base: sub/child.yaml\nmodel: {bits: 128}\n")
+    assert (load_config(grandchild).model.bits, load_config(grandchild).train.lr_decay_every) == (128, 25)
+    assert load_config(child, ["train.lr=0.5"]).train.lr == 0.5  # --set still comes last
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "base: missing.yaml\n"}, r"missing.yaml \(the base of .*a.yaml\)"),
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "name each other as base: .*a.yaml -> .*b.yaml -> "),
+    ({"a.yaml": "base: a.yaml\n"}, "name each other as base"),
+    ({"a.yaml": "base: {x: 1}\n"}, "'base' must be a file name or a list"),
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "model: {bitz: 3}\n"}, r"b.yaml: unknown config field 'model.bitz'"),
+])
+def test_bad_base_names_the_file(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        _write(tmp_path / name, text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_shipped_configs_share_the_paper_schedule_through_base() -> None:
+    """The paper schedule is written once (configs/duch_paper.yaml); the configs measured with it name it."""
+    import yaml
+
+    for name in ("duch_reference", "chnr", "cach"):
+        raw = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+        assert raw["base"] == "duch_paper.yaml" and "lr" not in raw.get("train", {}), name
+    assert yaml.safe_load((REPO / "configs" / "chnr_duch.yaml").read_text())["base"] == "chnr.yaml"

@@ -215,6 +215,14 @@ def test_chnr_duch_variant_is_configs_chnr_duch(tmp_path) -> None:
     assert display_name("chnr-duch") == "CHNR (DUCH objective)"
 
 
+def test_a_variant_naming_a_missing_config_says_so(tmp_path) -> None:
+    from tfduch.reproduce import cell_config
+
+    spec = ReproduceSpec(out=tmp_path, methods=("duch-paper",), bits=(64,), seeds=1, config_dir=tmp_path / "none")
+    with pytest.raises(ConfigError, match=r"duch-paper: its config .*duch_paper.yaml is missing"):
+        cell_config(spec, Cell("duch-paper", 64, 0))
+
+
 def test_duch_paper_variant_is_configs_duch_paper(tmp_path) -> None:
     """The table's DUCH (paper objective) row trains exactly configs/duch_paper.yaml: adversarial term and lr decay
     on, everything else the defaults."""

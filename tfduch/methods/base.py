@@ -46,10 +46,16 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Variant:
-    """An ablation / alternative of a method: config overrides applied on top of the method's config."""
+    """An ablation / alternative of a method: config overrides applied on top of the method's config.
 
-    overrides: tuple[str, ...]
+    ``config`` names another file of the config folder (without ``.yaml``) to start from instead of
+    ``<method>.yaml``, for a variant that is a shipped config (``duch-paper`` = ``configs/duch_paper.yaml``):
+    the row then trains exactly what that file says, without its settings copied here.
+    """
+
+    overrides: tuple[str, ...] = ()
     display: str | None = None  # default: "<METHOD> − <what the name switches off>"
+    config: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,7 @@ METHOD = LearnedMethod(
     name="chnr", display="CHNR", build=build_chnr, optimizers=duch_optimizers, callbacks=callbacks,
     needs_clean_subset=True,
     variants={
-        # configs/chnr_duch.yaml as overrides of configs/chnr.yaml: CHNR's detector weights on DUCH's objective
-        "chnr-duch": Variant(("train.epochs=100", "noise.chnr.weighting=threshold", "noise.chnr.switch_epoch=50",
-                              "noise.chnr.objective=duch"), display="CHNR (DUCH objective)"),
+        # CHNR's detector weights on DUCH's objective
+        "chnr-duch": Variant(config="chnr_duch", display="CHNR (DUCH objective)"),
     },
 )

@@ -19,9 +19,7 @@ METHOD = LearnedMethod(
     published={"i2t": {16: 0.760, 32: 0.794, 64: 0.844, 128: 0.870},
                "t2i": {16: 0.799, 32: 0.851, 64: 0.916, 128: 0.927}},
     variants={
-        # The paper's objective and schedule (configs/duch_paper.yaml): adversarial term on, Adam 1e-4 x0.8 / 50.
-        "duch-paper": Variant(("loss.alpha=0.01", "train.lr=0.0001", "train.lr_decay_every=50",
-                               "train.lr_decay_factor=0.8"),
-                              display="DUCH (paper objective)"),
+        # The paper's objective and schedule: adversarial term on, Adam 1e-4 x0.8 / 50.
+        "duch-paper": Variant(config="duch_paper", display="DUCH (paper objective)"),
     },
 )

@@ -14,15 +14,15 @@ from typing import Any
 from tfduch.config import Config, load_config
 from tfduch.errors import ConfigError
 from tfduch.methods import registry
+from tfduch.methods.base import Variant
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 LEARNED = tuple(registry.LEARNED)
 CLASSICAL = tuple(registry.CLASSICAL)
 REFERENCE = ("cosine",)
-#: Ablation / alternative variants: the method they train and the config overrides that make them.
-VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    name: (method, variant.overrides) for name, (method, variant) in registry.variants().items()}
+#: Ablation / alternative variants: the method they train and the variant (config file and overrides).
+VARIANTS: dict[str, tuple[str, Variant]] = dict(registry.variants())
 #: Published UCM mAP@20 rows, by method, direction and code length (declared by each method).
 PUBLISHED: dict[str, dict[str, dict[int, float]]] = {
     m.name: {d: dict(v) for d, v in m.published.items()}
@@ -119,10 +119,13 @@ def base_config(spec: ReproduceSpec) -> Config:
 
 
 def cell_config(spec: ReproduceSpec, cell: Cell) -> Config:
-    """The resolved config of a learned cell: ``configs/<method>.yaml`` + variant + bits/seed/epochs."""
-    method, variant_overrides = VARIANTS.get(cell.method, (cell.method, ()))
-    path = spec.config_dir / f"{method}.yaml"
-    overrides = [f"model.method={method}", *variant_overrides, *spec.overrides, f"model.bits={cell.bits}",
+    """The resolved config of a learned cell: ``configs/<method>.yaml`` (or the variant's file) + variant overrides
+    + bits/seed/epochs."""
+    method, variant = VARIANTS.get(cell.method, (cell.method, Variant()))
+    path = spec.config_dir / f"{variant.config or method}.yaml"
+    if variant.config and not path.is_file():
+        raise ConfigError(f"{cell.method}: its config {path} is missing (--config-dir {spec.config_dir})")
+    overrides = [f"model.method={method}", *variant.overrides, *spec.overrides, f"model.bits={cell.bits}",
                  f"train.seed={cell.seed}", f"output_dir={spec.out / 'runs' / cell.key}",
                  f"train.checkpoint={str(spec.checkpoint).lower()}", "train.tensorboard=false", "eval.plots=false",
                  f"train.verbose={'2' if spec.progress else '0'}"]
