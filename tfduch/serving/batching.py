@@ -80,7 +80,11 @@ class _Task:
         self.inputs = inputs
         self.size = size
         self.enqueued = time.monotonic()
-        self.done = threading.Event()
+        # Released once by whoever finishes the task; the request thread blocks acquiring it. A bare lock, not
+        # an Event: an Event is a Python-level Condition, and its set/wait cost a visible share of the
+        # server's Python time per request (bench/serving_load.py, py-spy).
+        self.done = threading.Lock()
+        self.done.acquire()
         self.result: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
 
@@ -138,12 +142,17 @@ class BatchScheduler:
                 self._count([task])
             else:
                 queue = self._queues.get(key)
+                fresh = queue is None
                 if queue is None:
                     queue = self._queues[key] = _Queue(runner)
                 queue.tasks.append(task)
                 queue.size += size
                 self._queued_items += size
-                self._cond.notify()
+                # Wake a batch thread only when this arrival changes what it would do: a new queue (a new
+                # deadline) or a full batch. A thread already waiting on this queue's timeout wakes on its own;
+                # waking it for every arrival cost a thread switch per request.
+                if fresh or queue.size >= self.options.max_batch_size:
+                    self._cond.notify()
         if direct:
             try:
                 self._ran(runner, size)
@@ -152,7 +161,7 @@ class BatchScheduler:
                 with self._cond:
                     self._running -= 1
                     self._cond.notify_all()
-        task.done.wait()
+        task.done.acquire()
         if task.error is not None:
             raise task.error
         assert task.result is not None
@@ -263,7 +272,7 @@ class BatchScheduler:
         bounds = np.cumsum([0] + sizes)
         for task, start, stop in zip(tasks, bounds[:-1], bounds[1:], strict=True):
             task.result = {name: value[start:stop] for name, value in outputs.items()}
-            task.done.set()
+            task.done.release()
 
     @staticmethod
     def _finish_alone(runner: SignatureRunner, task: _Task) -> None:
@@ -272,4 +281,4 @@ class BatchScheduler:
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting request thread
             task.error = exc
         finally:
-            task.done.set()
+            task.done.release()
