@@ -491,6 +491,30 @@ def test_batching_lone_requests_skip_the_queue_and_concurrent_ones_still_merge()
         scheduler.stop()
 
 
+def test_batching_runs_a_full_batch_at_once_and_a_partial_one_at_its_timeout():
+    """Arrivals wake a batch thread only for a new queue or a full batch: the full batch must still run at once
+    (not after the 5 s timeout), and a partial one when its timeout ends."""
+    import time
+
+    from tfduch.serving.batching import BatchScheduler
+
+    runner = _Doubler()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=4, batch_timeout_micros=5_000_000, num_batch_threads=1))
+    try:
+        start = time.monotonic()
+        run_in_threads(lambda i: scheduler.run(runner, {"x": np.array([i], np.float32)}, 1), 4)
+        assert time.monotonic() - start < 2.5 and runner.calls == [4]
+    finally:
+        scheduler.stop()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=4, batch_timeout_micros=300_000, num_batch_threads=2))
+    try:
+        start = time.monotonic()
+        run_in_threads(lambda i: scheduler.run(runner, {"x": np.array([i], np.float32)}, 1), 3)
+        assert 0.25 <= time.monotonic() - start < 2.5 and runner.calls[1:] == [3]
+    finally:
+        scheduler.stop()
+
+
 def test_tensor_proto_fast_paths_match_tensorflow():
     from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
 
