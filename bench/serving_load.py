@@ -3,6 +3,7 @@
     python bench/serving_load.py --quick                         # a few hundred requests, for development
     python bench/serving_load.py                                 # full: >= 10 000 requests
     python bench/serving_load.py --export /tmp/exports/tfduch    # a real `tfduch export` model folder
+    python bench/serving_load.py --production --production-parts batching --zero-cost   # the serving path alone
     python bench/serving_load.py --production [--quick]          # shipped batching.config, warm-up, metrics
 
 Every served number is printed beside the same SavedModel signature called in-process in this run
@@ -19,7 +20,9 @@ prints the req/s that all CPUs at the measured server + client CPU per request w
 
 Without ``--export`` the model is a stand-in with the export's compute cost: the real frozen encoders
 (MiniLM-L6 with in-graph tokenization; in-graph image decoding + EfficientNet-Lite0) followed by
-*random* hashing heads; it is built once and cached. The output says which model was used.
+*random* hashing heads; it is built once and cached. The output says which model was used. ``--zero-cost``
+serves a text signature that only hashes each caption into 64 bits (no encoder), so the CPU per request it
+prints is what the serving path costs (image scenarios are not available with it).
 """
 
 from __future__ import annotations
@@ -106,8 +109,37 @@ def build_standin(path: Path) -> None:
     tmp.rmdir()
 
 
+def build_zero_cost(path: Path) -> None:
+    """A text signature with the export's outputs and next to no compute: 64 bits of a hash of each caption."""
+    import tensorflow as tf
+
+    class ZeroCost(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def encode_text(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+            shifts = tf.range(BITS, dtype=tf.int64) % 62
+            hashed = tf.expand_dims(tf.strings.to_hash_bucket_fast(text, 2**62), 1)
+            bits = tf.cast(tf.bitwise.right_shift(hashed, shifts) % 2, tf.int32)
+            weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
+            packed = tf.reduce_sum(tf.reshape(bits, [-1, BITS // 8, 8]) * weights, axis=-1)
+            return {"codes": tf.cast(bits * 2 - 1, tf.int8), "packed": tf.cast(packed, tf.uint8)}
+
+    module = ZeroCost()
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    tf.saved_model.save(module, str(tmp / "m"), signatures={
+        "serving_default": module.encode_text, "encode_text": module.encode_text})
+    os.replace(tmp / "m", path)
+    tmp.rmdir()
+
+
 def model_folder(args: argparse.Namespace) -> tuple[Path, str, str]:
     """(model folder holding integer versions, model name, description)."""
+    if getattr(args, "zero_cost", False):
+        cache = Path(os.environ.get("TFDUCH_CACHE", Path.home() / ".cache" / "tfduch")) / "bench" / STANDIN_VERSION
+        version = cache / "zerocost" / "1"
+        if not (version / "saved_model.pb").is_file():
+            version.parent.mkdir(parents=True, exist_ok=True)
+            build_zero_cost(version)
+        return version.parent, "zerocost", f"zero-cost text model: a hash of each caption ({version.parent})"
     if args.export is not None:
         path = Path(args.export).resolve()
         if path.name.isdigit():  # a version folder was given
@@ -429,6 +461,9 @@ class ServerProcess:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", help="model folder <base>/<model_name> (or a version folder) of a real export")
+    parser.add_argument("--zero-cost", action="store_true",
+                        help="serve a text model that only hashes each caption (no encoder): the serving path's "
+                             "own cost; text scenarios only")
     parser.add_argument("--quick", action="store_true", help="5%% of the full request counts")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every request count")
     parser.add_argument("--rounds", type=int, default=10, help="alternations in the interleaved comparisons")
