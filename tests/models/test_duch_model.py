@@ -173,8 +173,12 @@ def test_background_checkpointing_leaves_training_unchanged(tmp_path) -> None:
         final[background] = _checkpointed_values(model)
         saved = sorted(p.name for p in (tmp_path / str(background) / "checkpoints").glob("ckpt-*.index"))
         assert saved == ["ckpt-2.index", "ckpt-3.index"]
+    # Alone, the two runs agree bit for bit; inside the full suite, on a loaded 2-core machine, one weight once
+    # differed by one float32 ulp (9e-10 on 0.006: TensorFlow's CPU kernels may reduce in another order). What
+    # this guards against - checkpointing that adds a step, moves the RNG or loses an update - changes the
+    # weights by orders of magnitude more than the tolerance.
     for a, b in zip(final[True], final[False], strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
 
 
 def test_background_checkpoint_failure_is_raised_in_training(tmp_path, monkeypatch) -> None:
