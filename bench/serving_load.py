@@ -63,6 +63,29 @@ FULL = {"1c_text1": 2000, "1c_text32": 300, "1c_image8": 100, "16c_text1": 2000,
 # --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
+def _code_outputs(bits: Any) -> dict[str, Any]:
+    """The export's outputs for int32 0/1 ``bits [B, BITS]``: int8 ±1 ``codes`` and uint8 ``packed``."""
+    import tensorflow as tf
+
+    weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
+    packed = tf.reduce_sum(tf.reshape(bits, [-1, BITS // 8, 8]) * weights, axis=-1)
+    return {"codes": tf.cast(bits * 2 - 1, tf.int8), "packed": tf.cast(packed, tf.uint8)}
+
+
+def _save_module(module: Any, signatures: dict[str, Any], path: Path) -> None:
+    """``tf.saved_model.save`` into a temporary folder beside ``path``, then renamed: no half-written model."""
+    import tensorflow as tf
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    tf.saved_model.save(module, str(tmp / "m"), signatures=signatures)
+    os.replace(tmp / "m", path)
+    tmp.rmdir()
+
+
+def _bench_cache() -> Path:
+    return Path(os.environ.get("TFDUCH_CACHE", Path.home() / ".cache" / "tfduch")) / "bench" / STANDIN_VERSION
+
+
 def build_standin(path: Path) -> None:
     """Real encoders + random heads, with the export's signatures (see module docstring)."""
     import tensorflow as tf
@@ -73,10 +96,7 @@ def build_standin(path: Path) -> None:
     size = IMAGE_ENCODERS["lite0"].image_size
 
     def outputs(y: tf.Tensor) -> dict[str, tf.Tensor]:
-        bits = tf.cast(y >= 0, tf.int32)
-        weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
-        packed = tf.reduce_sum(tf.reshape(bits, [-1, BITS // 8, 8]) * weights, axis=-1)
-        return {"codes": tf.cast(bits * 2 - 1, tf.int8), "packed": tf.cast(packed, tf.uint8)}
+        return _code_outputs(tf.cast(y >= 0, tf.int32))
 
     class StandIn(tf.Module):
         def __init__(self) -> None:
@@ -101,12 +121,8 @@ def build_standin(path: Path) -> None:
             return outputs(self.image_encoder(images, training=False) @ self.w_image)
 
     module = StandIn()
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    tf.saved_model.save(module, str(tmp / "m"), signatures={
-        "serving_default": module.encode_text, "encode_text": module.encode_text,
-        "encode_image": module.encode_image})
-    os.replace(tmp / "m", path)
-    tmp.rmdir()
+    _save_module(module, {"serving_default": module.encode_text, "encode_text": module.encode_text,
+                          "encode_image": module.encode_image}, path)
 
 
 def build_zero_cost(path: Path) -> None:
@@ -118,24 +134,16 @@ def build_zero_cost(path: Path) -> None:
         def encode_text(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
             shifts = tf.range(BITS, dtype=tf.int64) % 62
             hashed = tf.expand_dims(tf.strings.to_hash_bucket_fast(text, 2**62), 1)
-            bits = tf.cast(tf.bitwise.right_shift(hashed, shifts) % 2, tf.int32)
-            weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)
-            packed = tf.reduce_sum(tf.reshape(bits, [-1, BITS // 8, 8]) * weights, axis=-1)
-            return {"codes": tf.cast(bits * 2 - 1, tf.int8), "packed": tf.cast(packed, tf.uint8)}
+            return _code_outputs(tf.cast(tf.bitwise.right_shift(hashed, shifts) % 2, tf.int32))
 
     module = ZeroCost()
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    tf.saved_model.save(module, str(tmp / "m"), signatures={
-        "serving_default": module.encode_text, "encode_text": module.encode_text})
-    os.replace(tmp / "m", path)
-    tmp.rmdir()
+    _save_module(module, {"serving_default": module.encode_text, "encode_text": module.encode_text}, path)
 
 
 def model_folder(args: argparse.Namespace) -> tuple[Path, str, str]:
     """(model folder holding integer versions, model name, description)."""
-    if getattr(args, "zero_cost", False):
-        cache = Path(os.environ.get("TFDUCH_CACHE", Path.home() / ".cache" / "tfduch")) / "bench" / STANDIN_VERSION
-        version = cache / "zerocost" / "1"
+    if args.zero_cost:
+        version = _bench_cache() / "zerocost" / "1"
         if not (version / "saved_model.pb").is_file():
             version.parent.mkdir(parents=True, exist_ok=True)
             build_zero_cost(version)
@@ -145,8 +153,7 @@ def model_folder(args: argparse.Namespace) -> tuple[Path, str, str]:
         if path.name.isdigit():  # a version folder was given
             path = path.parent
         return path, path.name, f"real export {path}"
-    cache = Path(os.environ.get("TFDUCH_CACHE", Path.home() / ".cache" / "tfduch")) / "bench" / STANDIN_VERSION
-    version = cache / "standin" / "1"
+    version = _bench_cache() / "standin" / "1"
     if not (version / "saved_model.pb").is_file():
         print(f"building the stand-in SavedModel once into {version} ...", flush=True)
         version.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +227,10 @@ class Result:
         self.server_cpu += server_cpu
         self.client_cpu += client_cpu
         return self
+
+    def absorb(self, part: Result) -> Result:
+        """Add a round measured on its own (its ratio is taken first) to this run's total."""
+        return self.add(part.latencies, part.wall, part.errors, part.requests, part.server_cpu, part.client_cpu)
 
     def row(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies) * 1e3
@@ -736,17 +747,17 @@ def _shipped_batching(args: argparse.Namespace, folder: Path, name: str, workdir
         per_round = max(32, int(3000 * scale) // rounds)
         for _ in range(rounds):
             cpu = (server.cpu(), pool.cpu())
-            served = Result("", 1).add(*pool.run("text1", per_round))
-            served.server_cpu, served.client_cpu = server.cpu() - cpu[0], pool.cpu() - cpu[1]
-            on.add(served.latencies, served.wall, served.errors, served.requests, served.server_cpu,
-                   served.client_cpu)
+            load = pool.run("text1", per_round)
+            served = Result("", 1).add(*load, server.cpu() - cpu[0], pool.cpu() - cpu[1])
+            on.absorb(served)
             rates = {}
             for kind, threads in shapes.items():
                 cpu_before = time.process_time()
                 calls = max(2 * threads, per_round // ceilings[kind].items)
-                part = Result("", ceilings[kind].items).add(*run_concurrent(inproc(kind), calls, threads))
-                ceilings[kind].add(part.latencies, part.wall, part.errors, part.requests,
-                                   client_cpu=time.process_time() - cpu_before)
+                calls_out = run_concurrent(inproc(kind), calls, threads)
+                # in-process, this process's CPU is the whole cost: kept as the "client" CPU
+                part = Result("", ceilings[kind].items).add(*calls_out, client_cpu=time.process_time() - cpu_before)
+                ceilings[kind].absorb(part)
                 rates[kind] = part.row()["items_s"]
             ratios["bar"].append(served.row()["items_s"] / rates["text16"])
             ratios["best"].append(served.row()["items_s"] / max(rates.values()))
@@ -825,7 +836,7 @@ def _metrics_check(args: argparse.Namespace, folder: Path, name: str, workdir: P
             for key, c in (list(clients.items()) if r % 2 == 0 else list(clients.items())[::-1]):
                 part = Result("", 1).add(*run_concurrent(
                     lambda i, c=c: c.predict({"text": make["text1"](i)[2]}, "encode_text"), per_round, 1))
-                results[key].add(part.latencies, part.wall, part.errors, part.requests)
+                results[key].absorb(part)
                 p50[key] = part.row()["p50_ms"]
             diffs.append(p50["on"] - p50["off"])
     finally:

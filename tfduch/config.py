@@ -23,6 +23,8 @@ CACHE_ENV = "TFDUCH_CACHE"
 SPLIT_METHODS = ("reference", "numpy")
 #: The tf.distribute strategies a run can ask for (train.strategy, --strategy); tfduch.training.distribute builds them.
 STRATEGIES = ("default", "mirrored", "multiworker")
+#: Top-level key of a config file naming the file(s) it builds on (paths relative to the file itself).
+BASE_KEY = "base"
 #: Config fields that name places on a machine or switch logging, not choices that change the trained model:
 #: left out of a model's identity (tfduch.runs.model_id) and of a reproduce cell's settings.
 NON_MODEL_FIELDS: tuple[tuple[str, ...], ...] = (
@@ -347,10 +349,6 @@ def _set_nested(mapping: dict[str, Any], keys: list[str], raw: Any) -> None:
     for key in keys[:-1]:
         mapping = mapping.setdefault(key, {})
     mapping[keys[-1]] = raw
-
-
-#: Top-level key of a config file naming the file(s) it builds on (paths relative to the file itself).
-BASE_KEY = "base"
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
