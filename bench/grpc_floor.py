@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from serving_load import cpu_seconds  # bench/ is the script's folder, so its sibling imports
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfduch.serving.tensors import array_to_tensor_proto, tensor_proto_to_array
@@ -122,12 +122,6 @@ def _clients(port: int, n: int, ready: Any, go: Any, done: Any) -> None:
     for thread in threads:
         thread.join()
     done.put(time.process_time() - cpu)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(kind: str, wait: float, per_thread: int) -> tuple[float, float, float]:

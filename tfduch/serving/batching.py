@@ -143,7 +143,7 @@ class BatchScheduler:
             else:
                 queue = self._queues.get(key)
                 fresh = queue is None
-                if queue is None:
+                if fresh:
                     queue = self._queues[key] = _Queue(runner)
                 queue.tasks.append(task)
                 queue.size += size
